@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): stores uploads, enqueues embedding jobs, answers searches."""

@@ -1,0 +1,91 @@
+"""FastAPI application: `uvicorn api.main:app`. Routes are thin; the work is in shared/pipeline.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import Services
+from api.limits import BodySizeLimit
+from api.routes import health, images, jobs, search
+from shared.backends import BackendError, BackendUnavailable, make_backend
+from shared.config import Settings, get_settings
+from shared.embedder import load_embedder
+from shared.imagestore import ImageStore
+from shared.imaging import ImageError
+from shared.jobs import JobStore
+from workers.celery_app import make_celery
+
+log = logging.getLogger("api")
+
+
+def build_services(settings: Settings) -> Services:
+    embedder = load_embedder(settings)
+    backend = make_backend(settings)
+    try:
+        backend.ensure_schema(embedder.info)
+    except BackendUnavailable as exc:
+        # Start anyway: searches answer 503 until the database is back, and workers create the schema.
+        log.warning("vector backend unavailable at start-up: %s", exc)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    return Services(
+        settings=settings,
+        images=ImageStore(settings.images_dir),
+        backend=backend,
+        embedder=embedder,
+        jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400),
+        redis=client,
+        celery=make_celery(settings),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        yield
+        services.backend.close()
+        services.redis.close()
+
+    app = FastAPI(
+        title="Proxima",
+        summary="Self-hosted image similarity search",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    for module in (images, search, jobs, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(ImageError)
+    async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
+        return JSONResponse({"detail": f"not a usable image: {exc}"}, status_code=422)
+
+    @app.exception_handler(BackendUnavailable)
+    async def _backend_down(_: Request, exc: BackendUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"vector database unavailable, try again shortly: {exc}"},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
+        log.error("backend error: %s", exc)
+        return JSONResponse({"detail": f"vector database error: {exc}"}, status_code=500)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+        return JSONResponse({"detail": f"job queue (Redis) unavailable, try again shortly: {exc}"},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    return app
+
+
+app = create_app()

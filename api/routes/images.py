@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, HTTPException, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from api.deps import Services, ServicesDep
+from shared.imagestore import is_image_id
+from shared.imaging import MIME_TYPES, ImageError, probe
+from shared.pipeline import Accepted, Upload, accept_uploads, delete_image
+
+router = APIRouter(tags=["images"])
+
+
+class ImageStatus(BaseModel):
+    id: str | None
+    filename: str
+    status: str  # queued | duplicate | rejected
+    error: str | None = None
+
+
+class UploadResponse(BaseModel):
+    job_id: str
+    images: list[ImageStatus]
+
+
+class IndexImageResponse(BaseModel):
+    id: str
+    job_id: str
+    status: str
+
+
+async def _accept(services: Services, files: list[UploadFile]) -> tuple[str, list[Accepted]]:
+    if len(files) > services.settings.max_files_per_request:
+        raise HTTPException(413, f"{len(files)} files in one request; the limit is "
+                                 f"{services.settings.max_files_per_request} (MAX_FILES_PER_REQUEST)")
+    uploads = []
+    for f in files:
+        uploads.append(Upload(filename=f.filename or "", data=await f.read()))
+        await f.close()
+    return await run_in_threadpool(
+        accept_uploads, uploads, images=services.images, backend=services.backend, jobs=services.jobs,
+        enqueue=services.enqueue, batch_size=services.settings.batch_size,
+        max_pixels=services.settings.max_image_pixels,
+    )
+
+
+@router.post("/images", status_code=202, response_model=UploadResponse)
+async def upload_images(files: Annotated[list[UploadFile], File(description="one or more images")],
+                        services: ServicesDep) -> UploadResponse:
+    """Store the images and queue them for indexing. Poll `/jobs/{job_id}` for progress."""
+    job_id, accepted = await _accept(services, files)
+    return UploadResponse(job_id=job_id, images=[ImageStatus(**vars(a)) for a in accepted])
+
+
+@router.post("/index_image", status_code=202, response_model=IndexImageResponse)
+async def index_image(file: Annotated[UploadFile, File()], services: ServicesDep) -> IndexImageResponse:
+    """One image (the design document's endpoint); same as `POST /images` with a single file."""
+    job_id, (accepted,) = await _accept(services, [file])
+    if accepted.status == "rejected":
+        raise HTTPException(422, f"not a usable image: {accepted.error}")
+    return IndexImageResponse(id=accepted.id, job_id=job_id, status=accepted.status)
+
+
+def _stored_path(services: Services, image_id: str):
+    if not is_image_id(image_id):
+        raise HTTPException(404, "no such image (ids are 64 lowercase hex characters)")
+    path = services.images.path(image_id)
+    if not path.is_file():
+        raise HTTPException(404, f"no image with id {image_id}")
+    return path
+
+
+@router.get("/images/{image_id}", response_class=FileResponse,
+            responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
+def get_image(image_id: str, services: ServicesDep) -> FileResponse:
+    """The original file as uploaded, with its Content-Type."""
+    path = _stored_path(services, image_id)
+    try:
+        media_type = MIME_TYPES.get(probe(path, max_pixels=2**62)[0], "application/octet-stream")
+    except ImageError:
+        media_type = "application/octet-stream"
+    return FileResponse(path, media_type=media_type,
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+router.add_api_route("/image/{image_id}", get_image, methods=["GET"], include_in_schema=False)
+
+
+@router.delete("/images/{image_id}", status_code=204)
+def remove_image(image_id: str, services: ServicesDep) -> Response:
+    """Delete the vector and the stored file."""
+    if not is_image_id(image_id) or not delete_image(image_id, images=services.images,
+                                                     backend=services.backend):
+        raise HTTPException(404, f"no image with id {image_id[:80]!r}")
+    return Response(status_code=204)

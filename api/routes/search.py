@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from api.deps import ServicesDep
+from shared.backends import Hit
+from shared.pipeline import search_image
+
+router = APIRouter(tags=["search"])
+
+
+class SearchResult(BaseModel):
+    id: str
+    score: float  # cosine similarity, higher is more similar
+    filename: str
+    image_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    took_ms: float
+
+
+def top_k_param(
+    top_k_form: Annotated[int | None, Form(alias="top_k", ge=1, le=1000)] = None,
+    top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=1000)] = None,
+) -> int:
+    """`top_k` as a form field or a query parameter; 10 if neither."""
+    return top_k_form or top_k_query or 10
+
+
+TopK = Annotated[int, Depends(top_k_param)]
+
+
+def to_response(hits: list[Hit], started: float) -> SearchResponse:
+    return SearchResponse(
+        results=[SearchResult(id=h.id, score=round(h.score, 6), filename=h.record.filename,
+                              image_url=f"/images/{h.id}") for h in hits],
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+@router.post("/search", response_model=SearchResponse)
+async def search(file: Annotated[UploadFile, File(description="the query image")], top_k: TopK,
+                 services: ServicesDep) -> SearchResponse:
+    """The `top_k` indexed images most similar to the uploaded one, best first."""
+    started = time.perf_counter()
+    data = await file.read()
+    hits = await run_in_threadpool(search_image, data, top_k, embedder=services.embedder,
+                                   backend=services.backend, max_pixels=services.settings.max_image_pixels)
+    return to_response(hits, started)
+
+
+router.add_api_route("/search_image", search, methods=["POST"], response_model=SearchResponse,
+                     summary="Search (the design document's name)")

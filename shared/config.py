@@ -1,0 +1,79 @@
+"""All settings in one place, read from the environment (and `.env`).
+
+Every field is documented in `.env.example`; the environment variable is the field name in upper case.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Where images, model weights, and the embedded databases live.
+    data_dir: Path = Path("./data")
+
+    # Services
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str | None = None  # unset: embedded PostgreSQL under $DATA_DIR/postgres
+    vector_backend: Literal["pgvector", "milvus", "manticore"] = "pgvector"
+    milvus_uri: str = ""
+    manticore_url: str = ""
+
+    # Model
+    model_name: str = "ViT-B-32"
+    model_pretrained: str = "laion2b_s34b_b79k"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    decode_threads: int = Field(0, ge=0, le=256)  # 0: one per CPU core
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    flower_port: int = Field(5555, ge=1, le=65535)
+    max_upload_mb: int = Field(100, ge=1)
+    max_files_per_request: int = Field(1000, ge=1)
+    max_image_pixels: int = Field(100_000_000, ge=1)
+
+    # pgvector index and search parameters
+    pg_hnsw_m: int = Field(16, ge=2, le=100)
+    pg_hnsw_ef_construction: int = Field(64, ge=4, le=1000)
+    pg_ef_search: int = Field(100, ge=1, le=1000)
+    pg_pool_size: int = Field(4, ge=1, le=100)
+
+    # Jobs and tasks
+    job_ttl_days: int = Field(30, ge=1)
+    task_max_retries: int = Field(8, ge=0)
+    task_visibility_timeout_s: int = Field(3600, ge=10)
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

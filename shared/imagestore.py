@@ -1,0 +1,70 @@
+"""Content-addressed image files under `$DATA_DIR/images/`.
+
+An image's id is the SHA-256 hex digest of its bytes; the file lives at `ab/cd/<id>` (two fan-out
+levels keep directories small at a million images). Writes go to a temporary file in the same
+filesystem and are renamed into place, so a reader never sees half a file. Paths are derived only from
+validated ids, never from anything a client sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+_ID_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def is_image_id(value: str) -> bool:
+    return bool(_ID_RE.fullmatch(value))
+
+
+def image_id_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, image_id: str) -> Path:
+        """Where the image with this id lives; raises ValueError for anything but a SHA-256 hex id."""
+        if not is_image_id(image_id):
+            raise ValueError(f"malformed image id {image_id[:80]!r}: expected 64 lowercase hex characters")
+        return self.root / image_id[:2] / image_id[2:4] / image_id
+
+    def exists(self, image_id: str) -> bool:
+        return is_image_id(image_id) and self.path(image_id).is_file()
+
+    def put(self, data: bytes) -> tuple[str, bool]:
+        """Store `data`; returns (id, created). Storing the same bytes again writes nothing."""
+        image_id = image_id_of(data)
+        target = self.path(image_id)
+        if target.is_file():
+            return image_id, False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="up-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return image_id, True
+
+    def read(self, image_id: str) -> bytes:
+        return self.path(image_id).read_bytes()
+
+    def delete(self, image_id: str) -> bool:
+        try:
+            self.path(image_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True

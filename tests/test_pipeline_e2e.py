@@ -1,0 +1,180 @@
+"""The whole path on real services: upload → Celery worker → pgvector → search, get, delete."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.images import encode, jpeg, photo
+
+GOOD = {
+    "beach.jpg": lambda: jpeg(1),
+    "forest.png": lambda: encode(photo(2), "PNG"),
+    "city.bmp": lambda: encode(photo(3), "BMP"),
+    "cat.gif": lambda: encode(photo(4), "GIF"),
+    "dog.webp": lambda: encode(photo(5), "WEBP", quality=90),
+    "scan.tiff": lambda: encode(photo(6), "TIFF"),
+}
+
+
+def wait_job(client, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("completed", "completed_with_errors", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not finished: {job}")
+
+
+def search(client, data: bytes, top_k: int = 5, filename: str = "q.jpg"):
+    return client.post("/search", files={"file": (filename, data)}, data={"top_k": str(top_k)})
+
+
+@pytest.fixture(scope="module")
+def uploaded(client):
+    good = {name: make() for name, make in GOOD.items()}
+    corrupt = jpeg(7)[:1500]  # a valid header, then the data stops
+    files = [("files", (name, data)) for name, data in good.items()]
+    files += [("files", ("broken.jpg", corrupt)), ("files", ("notes.jpg", b"just some text, not a picture\n"))]
+    response = client.post("/images", files=files)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    return good, body
+
+
+def test_upload_reports_each_file(uploaded):
+    good, body = uploaded
+    statuses = {img["filename"]: img for img in body["images"]}
+    assert [img["filename"] for img in body["images"]] == [*good, "broken.jpg", "notes.jpg"]
+    for name in good:
+        assert statuses[name]["status"] == "queued", statuses[name]
+        assert len(statuses[name]["id"]) == 64
+    assert statuses["broken.jpg"]["status"] == "queued"  # the header is fine; the worker finds the damage
+    assert statuses["notes.jpg"]["status"] == "rejected"
+    assert "plain text" in statuses["notes.jpg"]["error"]
+
+
+def test_job_completes_with_per_file_errors(client, uploaded):
+    _, body = uploaded
+    job = wait_job(client, body["job_id"])
+    assert job["state"] == "completed_with_errors"
+    assert (job["total"], job["done"], job["failed"]) == (8, 6, 2)
+    errors = {e["filename"]: e["message"] for e in job["errors"]}
+    assert set(errors) == {"broken.jpg", "notes.jpg"}
+    assert "truncated" in errors["broken.jpg"] or "corrupt" in errors["broken.jpg"]
+
+
+def test_each_image_finds_itself_first(client, uploaded):
+    good, body = uploaded
+    wait_job(client, body["job_id"])
+    ids = {img["filename"]: img["id"] for img in body["images"]}
+    for name, data in good.items():
+        result = search(client, data).json()["results"]
+        assert result[0]["id"] == ids[name], (name, result)
+        assert result[0]["score"] == pytest.approx(1.0, abs=1e-3)
+        assert result[0]["filename"] == name
+        assert result[0]["image_url"] == f"/images/{ids[name]}"
+        scores = [r["score"] for r in result]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_resized_reencoded_copy_finds_original(client, uploaded):
+    good, body = uploaded
+    wait_job(client, body["job_id"])
+    ids = {img["filename"]: img["id"] for img in body["images"]}
+    for seed, name in enumerate(GOOD, start=1):
+        copy = encode(photo(seed).resize((200, 150)), "JPEG", quality=70)
+        result = search(client, copy, top_k=3, filename="copy.jpg").json()["results"]
+        assert result[0]["id"] == ids[name], (name, result)
+        assert result[0]["score"] > 0.9
+
+
+def test_stored_original_is_served(client, uploaded):
+    good, body = uploaded
+    first = body["images"][0]
+    response = client.get(first["image_url"] if "image_url" in first else f"/images/{first['id']}")
+    assert response.status_code == 200
+    assert response.content == good["beach.jpg"]
+    assert response.headers["content-type"] == "image/jpeg"
+    png_id = body["images"][1]["id"]
+    assert client.get(f"/image/{png_id}").headers["content-type"] == "image/png"  # the seed's route
+
+
+def test_duplicate_is_stored_and_embedded_once(client, uploaded):
+    good, body = uploaded
+    wait_job(client, body["job_id"])
+    before = client.get("/health").json()["vectors"]
+    response = client.post("/images", files=[("files", ("again.jpg", good["beach.jpg"])),
+                                             ("files", ("again2.jpg", good["beach.jpg"]))])
+    assert [i["status"] for i in response.json()["images"]] == ["duplicate", "duplicate"]
+    job = wait_job(client, response.json()["job_id"])
+    assert (job["state"], job["done"]) == ("completed", 2)
+    assert client.get("/health").json()["vectors"] == before
+
+
+def test_delete_removes_vector_and_file(client):
+    data = jpeg(42)
+    body = client.post("/images", files=[("files", ("gone.jpg", data))]).json()
+    image_id = body["images"][0]["id"]
+    wait_job(client, body["job_id"])
+    assert search(client, data).json()["results"][0]["id"] == image_id
+    count = client.get("/health").json()["vectors"]
+    assert client.delete(f"/images/{image_id}").status_code == 204
+    assert client.get(f"/images/{image_id}").status_code == 404
+    assert client.delete(f"/images/{image_id}").status_code == 404
+    assert client.get("/health").json()["vectors"] == count - 1
+    assert all(r["id"] != image_id for r in search(client, data, top_k=50).json()["results"])
+
+
+def test_seed_endpoints(client):
+    data = jpeg(43)
+    response = client.post("/index_image", files={"file": ("seed.jpg", data)})
+    assert response.status_code == 202
+    body = response.json()
+    assert set(body) >= {"id", "job_id"}
+    wait_job(client, body["job_id"])
+    found = client.post("/search_image", files={"file": ("q.jpg", data)}).json()["results"]
+    assert found[0]["id"] == body["id"]
+    assert client.get(f"/image/{body['id']}").content == data
+    bad = client.post("/index_image", files={"file": ("x.jpg", b"<html>no</html>")})
+    assert bad.status_code == 422 and "HTML" in bad.json()["detail"]
+
+
+def test_health_reports_model_backend_and_queue(client, stack_settings):
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["backend"] == "pgvector"
+    assert health["model"] == {"name": "proxima-tiny", "pretrained": str(stack_settings.model_pretrained),
+                               "dim": 64, "random": False}
+    assert isinstance(health["vectors"], int) and health["queue_depth"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/jobs/0123456789abcdef0123456789abcdef", 404), ("/jobs/nope", 404),
+     ("/images/" + "0" * 64, 404), ("/images/not-an-id", 404), ("/images/..%2F..%2Fetc%2Fpasswd", 404)],
+)
+def test_unknown_ids_are_404(client, path, status):
+    assert client.get(path).status_code == status
+
+
+def test_search_rejects_non_images_with_reason(client):
+    response = search(client, b"%PDF-1.4 not an image")
+    assert response.status_code == 422
+    assert "not a supported image" in response.json()["detail"]
+    assert search(client, b"").status_code == 422
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1", "1001", "1000000000", "ten"])
+def test_search_validates_top_k(client, top_k):
+    response = client.post("/search", files={"file": ("q.jpg", jpeg(1))}, data={"top_k": top_k})
+    assert response.status_code == 422
+
+
+def test_top_k_as_query_parameter(client, uploaded):
+    _, body = uploaded
+    wait_job(client, body["job_id"])
+    response = client.post("/search?top_k=2", files={"file": ("q.jpg", jpeg(1))})
+    assert response.status_code == 200 and len(response.json()["results"]) == 2

@@ -1,0 +1,42 @@
+"""The Celery application: broker settings and the name of every task.
+
+This module stays light (no torch, no database drivers) because the API imports it to enqueue work.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.config import Settings, get_settings
+
+QUEUE = "proxima"
+EMBED_BATCH = "proxima.embed_batch"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("proxima", broker=settings.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # outcomes live in the job records (shared/jobs.py)
+        task_default_queue=QUEUE,
+        task_create_missing_queues=False,
+        # A batch is acknowledged only after its vectors are stored; if the worker dies mid-batch the
+        # message goes back to the queue (after the visibility timeout) and the idempotent upsert and
+        # job accounting make the replay harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Take one batch at a time: a prefetched batch would sit invisible to other workers.
+        worker_prefetch_multiplier=1,
+        # Must exceed the longest batch (including retries' countdowns), or Redis redelivers a batch
+        # that is still being worked on.
+        broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        # One process per device: the model is loaded once, decoding runs in a thread pool inside it.
+        worker_pool="solo",
+        worker_concurrency=1,
+    )
+    return app
+
+
+app = make_celery(get_settings())

@@ -1,0 +1,93 @@
+"""Celery tasks: message handling, retries and job accounting only; the work is in shared/pipeline.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from celery import Task
+from celery.signals import worker_ready
+
+from shared.backends import BackendUnavailable, VectorBackend, make_backend
+from shared.config import Settings, get_settings
+from shared.embedder import Embedder, load_embedder
+from shared.imagestore import ImageStore
+from shared.jobs import FileError, JobStore
+from shared.pipeline import embed_batch
+from workers.celery_app import EMBED_BATCH, app
+
+log = logging.getLogger(__name__)
+
+# Errors after which the whole batch is tried again later (the upsert and the accounting are idempotent).
+RETRYABLE = (BackendUnavailable, redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    images: ImageStore
+    backend: VectorBackend
+    embedder: Embedder
+    jobs: JobStore
+    pool: ThreadPoolExecutor
+
+
+@cache
+def context() -> WorkerContext:
+    """Everything a worker process needs, built once (the model loads here)."""
+    settings = get_settings()
+    embedder = load_embedder(settings)
+    backend = make_backend(settings)
+    backend.ensure_schema(embedder.info)
+    threads = settings.decode_threads or os.cpu_count() or 1
+    return WorkerContext(
+        settings=settings,
+        images=ImageStore(settings.images_dir),
+        backend=backend,
+        embedder=embedder,
+        jobs=JobStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+                      ttl_s=settings.job_ttl_days * 86400),
+        pool=ThreadPoolExecutor(threads, thread_name_prefix="decode"),
+    )
+
+
+@worker_ready.connect
+def _load_on_start(**_: object) -> None:
+    # Load the model and check the index before taking work, so a bad configuration fails at start-up.
+    context()
+
+
+@app.task(name=EMBED_BATCH, bind=True, max_retries=get_settings().task_max_retries)
+def embed_batch_task(self: Task, job_id: str, batch_key: str, items: list[dict[str, str]]) -> dict[str, int]:
+    """Embed one batch of stored images and record the outcome in job `job_id`."""
+    ctx = context()
+    try:
+        ctx.jobs.mark_running(job_id)
+        result = embed_batch(items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder,
+                             pool=ctx.pool, max_pixels=ctx.settings.max_image_pixels)
+        ctx.jobs.finish_batch(job_id, batch_key, done=result.done, errors=result.errors)
+    except RETRYABLE as exc:
+        if self.request.retries >= self.max_retries:
+            _fail_batch(ctx, job_id, batch_key, items, f"gave up after {self.max_retries} retries: {exc}")
+            raise
+        delay = min(300, 2 ** self.request.retries) * (0.5 + random.random())
+        log.warning("batch %s/%s: %s; retrying in %.0f s", job_id, batch_key, exc, delay)
+        raise self.retry(exc=exc, countdown=delay) from exc
+    except Exception as exc:
+        log.exception("batch %s/%s failed", job_id, batch_key)
+        _fail_batch(ctx, job_id, batch_key, items, f"internal error: {exc}")
+        raise
+    return {"done": result.done, "failed": len(result.errors)}
+
+
+def _fail_batch(ctx: WorkerContext, job_id: str, batch_key: str, items: list[dict[str, str]], why: str) -> None:
+    try:
+        ctx.jobs.finish_batch(job_id, batch_key, done=0,
+                              errors=[FileError(i["id"], i["filename"], why) for i in items])
+    except redis.RedisError:
+        log.exception("could not record the failure of batch %s/%s", job_id, batch_key)
