@@ -40,7 +40,7 @@ def embedded_database_url(settings: Settings) -> str:
 class PgVectorBackend:
     name = "pgvector"
 
-    def __init__(self, url: str, *, ef_search: int = 100, hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+    def __init__(self, url: str, *, ef_search: int = 100, hnsw_m: int = 16, hnsw_ef_construction: int = 128,
                  pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.ef_search = ef_search
@@ -200,7 +200,7 @@ class PgVectorBackend:
             rows = conn.execute(
                 "SELECT id, embedding FROM proxima_images WHERE id = ANY(%s)", (list(ids),)
             ).fetchall()
-        return {row[0]: np.asarray(row[1], dtype=np.float32) for row in rows}
+        return {row[0]: np.asarray(_as_array(row[1]), dtype=np.float32) for row in rows}
 
     def delete(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -226,3 +226,7 @@ def _translate_errors() -> Iterator[None]:
         raise BackendUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
     except psycopg.Error as exc:
         raise BackendError(f"PostgreSQL error: {exc}") from exc
+
+
+def _as_array(value) -> np.ndarray:
+    return value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value)

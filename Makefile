@@ -1,0 +1,37 @@
+# Proxima: `make up` runs the whole stack locally, `make test` runs the full suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch + torchvision are installed first, as a matching pair. Override for another build, e.g.
+#   make venv TORCH_SPEC="torch torchvision" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv up test lint redis-server clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_INDEX) $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+# Installs Debian's redis-server when it is missing and we may (root, or password-less sudo).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || sh scripts/install_redis.sh
+
+up: venv redis-server
+	$(PY) scripts/up.py
+
+test: venv redis-server
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

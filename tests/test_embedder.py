@@ -1,0 +1,90 @@
+"""The model loads through the same path as real weights and matches open_clip's own preprocessing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shared.config import Settings
+from shared.embedder import ModelLoadError, load_embedder
+from shared.imaging import load_image, to_model_input
+from tests.images import jpeg, photo
+from tests.services import REPO
+
+
+def settings(**overrides) -> Settings:
+    return Settings(_env_file=None, device="cpu", **overrides)
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model):
+    config, checkpoint = tiny_model
+    return load_embedder(settings(model_name=str(config), model_pretrained=str(checkpoint)))
+
+
+def test_checkpoint_loads_and_vectors_are_unit_float32(embedder):
+    assert (embedder.info.name, embedder.info.dim, embedder.image_size) == ("proxima-tiny", 64, 64)
+    assert not embedder.info.is_random
+    pixels = [to_model_input(photo(i), embedder.image_size) for i in range(3)]
+    vectors = embedder.encode_images(pixels)
+    assert vectors.shape == (3, 64) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    text = embedder.encode_text(["a photo of a cat", "a red car"])
+    assert text.shape == (2, 64) and np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-5)
+
+
+def test_same_embedding_as_open_clip_preprocessing(embedder, tiny_model):
+    """Our uint8 path (draft decode, resize, crop, normalise on device) vs open_clip's own transform."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    _, checkpoint = tiny_model
+    model, _, preprocess = open_clip.create_model_and_transforms("proxima-tiny", pretrained=str(checkpoint))
+    model.eval()
+    for seed, size in [(1, (320, 240)), (2, (1600, 1200)), (3, (200, 500))]:
+        data = jpeg(seed, size)
+        ours = embedder.encode_images([to_model_input(load_image(data, min_side=64).image, 64)])[0]
+        with torch.inference_mode():
+            import io
+
+            ref = model.encode_image(preprocess(Image.open(io.BytesIO(data))).unsqueeze(0))
+            ref = torch.nn.functional.normalize(ref, dim=-1)[0].numpy()
+        assert float(ours @ ref) > 0.99, (seed, size, float(ours @ ref))
+
+
+def test_random_weights_are_identical_in_every_process(tiny_model):
+    config, _ = tiny_model
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1])\n"
+        "from shared.config import Settings; from shared.embedder import load_embedder\n"
+        "s = Settings(_env_file=None, device='cpu', model_name=sys.argv[2], model_pretrained='random')\n"
+        "print(json.dumps(load_embedder(s).encode_text(['hello'])[0][:8].tolist()))\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code, str(REPO), str(config)], capture_output=True, text=True,
+                       check=True).stdout.strip().splitlines()[-1]
+        for _ in range(2)
+    ]
+    here = load_embedder(settings(model_name=str(config), model_pretrained="random"))
+    assert here.info.is_random
+    assert runs[0] == runs[1]
+    assert np.allclose(json.loads(runs[0]), here.encode_text(["hello"])[0][:8], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "pretrained", "message"),
+    [
+        ("No-Such-Model", "random", "not an open_clip architecture"),
+        ("/nowhere/model.json", "random", "config file not found"),
+        ("ViT-B-32", "/nowhere/weights.pt", "checkpoint file not found"),
+        ("ViT-B-32", "not_a_tag", "not a pretrained tag"),
+    ],
+)
+def test_bad_model_settings_fail_with_a_fix(name, pretrained, message):
+    with pytest.raises(ModelLoadError, match=message):
+        load_embedder(settings(model_name=name, model_pretrained=pretrained))

@@ -1,0 +1,54 @@
+"""Job records on a real Redis: counting is idempotent per batch, and the state follows the counts."""
+
+from __future__ import annotations
+
+import redis
+
+from shared.jobs import MAX_ERRORS_KEPT, FileError, JobStore, is_job_id
+
+
+def make_store(redis_url: str) -> JobStore:
+    return JobStore(redis.Redis.from_url(redis_url), ttl_s=60)
+
+
+def test_counts_each_batch_once_and_derives_state(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=5)
+    assert is_job_id(job_id)
+    assert jobs.get(job_id)["state"] == "queued"
+    jobs.mark_running(job_id)
+    assert jobs.get(job_id)["state"] == "running"
+    assert jobs.finish_batch(job_id, "b0", done=3, errors=[])
+    assert not jobs.finish_batch(job_id, "b0", done=3, errors=[])  # redelivered batch: ignored
+    assert jobs.get(job_id)["state"] == "running"
+    assert jobs.finish_batch(job_id, "b1", done=1, errors=[FileError("a" * 64, "x.jpg", "corrupt")])
+    job = jobs.get(job_id)
+    assert (job["state"], job["done"], job["failed"]) == ("completed_with_errors", 4, 1)
+    assert job["errors"] == [{"id": "a" * 64, "filename": "x.jpg", "message": "corrupt"}]
+    assert redis.Redis.from_url(redis_url).ttl(f"proxima:job:{job_id}") > 0
+
+
+def test_all_done_is_completed_and_all_failed_is_failed(redis_url):
+    jobs = make_store(redis_url)
+    ok = jobs.create(total=2)
+    jobs.finish_batch(ok, "b0", done=2, errors=[])
+    assert jobs.get(ok)["state"] == "completed"
+    bad = jobs.create(total=1)
+    jobs.finish_batch(bad, "b0", done=0, errors=[FileError(None, "x", "no")])
+    assert jobs.get(bad)["state"] == "failed"
+
+
+def test_unknown_and_malformed_ids(redis_url):
+    jobs = make_store(redis_url)
+    assert jobs.get("0" * 32) is None
+    assert jobs.get("../../etc") is None
+    assert not jobs.finish_batch("0" * 32, "b0", done=1, errors=[])  # a batch of a vanished job
+
+
+def test_error_list_is_capped(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=MAX_ERRORS_KEPT + 5)
+    errors = [FileError(None, f"{i}.jpg", "bad") for i in range(MAX_ERRORS_KEPT + 5)]
+    jobs.finish_batch(job_id, "b0", done=0, errors=errors)
+    job = jobs.get(job_id)
+    assert job["failed"] == MAX_ERRORS_KEPT + 5 and len(job["errors"]) == MAX_ERRORS_KEPT
