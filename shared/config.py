@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     pg_ef_search: int = Field(100, ge=1, le=1000)
     pg_pool_size: int = Field(4, ge=1, le=100)
 
+    # Milvus collection index and search parameters; Milvus Lite port for `make up`
+    milvus_token: str = ""
+    milvus_collection: str = Field("proxima_images", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    milvus_hnsw_m: int = Field(16, ge=2, le=100)
+    milvus_hnsw_ef_construction: int = Field(128, ge=4, le=1000)
+    milvus_ef_search: int = Field(100, ge=1, le=1000)
+    milvus_lite_port: int = Field(19530, ge=1, le=65535)
+
     # Jobs and tasks
     job_ttl_days: int = Field(30, ge=1)
     task_max_retries: int = Field(8, ge=0)

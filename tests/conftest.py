@@ -1,14 +1,22 @@
-"""Session-wide real services. Nothing here is mocked: Redis, PostgreSQL, Celery and the model are real."""
+"""Session-wide real services. Nothing here is mocked: Redis, PostgreSQL, Milvus, Celery and the model are real.
+
+`client` is an API (in-process TestClient) wired to a real Celery worker process over pgvector.
+`backend_client` is the same, parametrised over every backend available here, for the end-to-end tests.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shared.config import Settings
-from tests.services import Worker, start_redis, stop, write_tiny_model
+from tests.services import Worker, start_milvus_lite, start_redis, stop, write_tiny_model
+
+E2E_BACKENDS = ["pgvector", "milvus", "manticore"]
 
 
 @pytest.fixture(scope="session")
@@ -28,30 +36,58 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def milvus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus server when MILVUS_URI is an http(s) URL, else a Milvus Lite server process."""
+    configured = os.environ.get("MILVUS_URI", "")
+    if configured.startswith(("http://", "https://")):
+        yield configured
+        return
+    proc, url = start_milvus_lite(tmp_path_factory.mktemp("milvus"))
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def manticore_url() -> str:
+    url = os.environ.get("MANTICORE_URL", "")
+    if not url:
+        pytest.skip("MANTICORE_URL not set: no Manticore server here")
+    return url
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_tiny_model(tmp_path_factory.mktemp("model"))
 
 
-@pytest.fixture(scope="session")
-def stack_env(tmp_path_factory, redis_url: str, pg_url: str, tiny_model: tuple[Path, Path]) -> dict[str, str]:
-    """Environment for every process of one test stack (API settings, workers)."""
+def _stack_env(tmp_path_factory, redis_url: str, tiny_model: tuple[Path, Path], db: int,
+               **backend: str) -> dict[str, str]:
+    """Environment for every process of one test stack; each stack has its own Redis database."""
     config, checkpoint = tiny_model
     return {
         "DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": pg_url,
-        "VECTOR_BACKEND": "pgvector",
+        "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{db}",
         "MODEL_NAME": str(config),
         "MODEL_PRETRAINED": str(checkpoint),
         "DEVICE": "cpu",
         "BATCH_SIZE": "8",
         "DECODE_THREADS": "2",
+        **{k.upper(): v for k, v in backend.items()},
     }
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    return Settings(**{k.lower(): v for k, v in env.items()}, _env_file=None)
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory, redis_url: str, pg_url: str, tiny_model) -> dict[str, str]:
+    return _stack_env(tmp_path_factory, redis_url, tiny_model, 0, vector_backend="pgvector", database_url=pg_url)
 
 
 @pytest.fixture(scope="session")
 def stack_settings(stack_env: dict[str, str]) -> Settings:
-    return Settings(**{k.lower(): v for k, v in stack_env.items()}, _env_file=None)
+    return _settings(stack_env)
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +97,42 @@ def worker(stack_env: dict[str, str], tmp_path_factory) -> Iterator[Worker]:
     w.stop()
 
 
-@pytest.fixture(scope="session")
-def client(stack_settings: Settings, worker: Worker):
+def _client(settings: Settings):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
-    with TestClient(create_app(stack_settings)) as c:
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture(scope="session")
+def pg_client(stack_settings: Settings, worker: Worker):
+    with _client(stack_settings) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def client(pg_client):
+    return pg_client
+
+
+@pytest.fixture(scope="session", params=E2E_BACKENDS)
+def backend_client(request, tmp_path_factory, redis_url, tiny_model):
+    """(client, settings) of a full stack on each backend: pgvector reuses `client`, the others start their own."""
+    if request.param == "pgvector":
+        yield request.getfixturevalue("pg_client"), request.getfixturevalue("stack_settings")
+        return
+    if request.param == "milvus":
+        backend = {"vector_backend": "milvus", "milvus_uri": request.getfixturevalue("milvus_url")}
+        db = 1
+    else:
+        backend = {"vector_backend": "manticore", "manticore_url": request.getfixturevalue("manticore_url"),
+                   "manticore_table": "e2e_" + uuid.uuid4().hex[:8]}
+        db = 2
+    env = _stack_env(tmp_path_factory, redis_url, tiny_model, db, **backend)
+    w = Worker(env, tmp_path_factory.mktemp("logs") / f"worker-{request.param}.log")
+    try:
+        with _client(_settings(env)) as c:
+            yield c, _settings(env)
+    finally:
+        w.stop()

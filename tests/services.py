@@ -111,3 +111,22 @@ class Worker:
     def stop(self) -> None:
         stop(self.proc, timeout=30)
         self._log.close()
+
+
+def start_milvus_lite(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real Milvus Lite server process (several clients, like `make up` runs it)."""
+    port = port or free_port()
+    exe = Path(sys.executable).with_name("milvus-lite")
+    proc = subprocess.Popen(
+        [str(exe), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"milvus-lite exited with {proc.returncode}")
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    wait_for(listening, timeout=60, what="milvus-lite server")
+    return proc, f"http://127.0.0.1:{port}"

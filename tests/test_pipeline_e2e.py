@@ -1,4 +1,4 @@
-"""The whole path on real services: upload → Celery worker → pgvector → search, get, delete."""
+"""The whole path on real services: upload → Celery worker → each vector backend → search, get, delete."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def wait_job(client, job_id: str, timeout: float = 60) -> dict:
 
 def search(client, data: bytes, top_k: int = 5, filename: str = "q.jpg"):
     return client.post("/search", files={"file": (filename, data)}, data={"top_k": str(top_k)})
+
+
+@pytest.fixture(scope="module")
+def client(backend_client):
+    """The API of a full stack (real worker, real database) on each available backend."""
+    return backend_client[0]
+
+
+@pytest.fixture(scope="module")
+def settings(backend_client):
+    return backend_client[1]
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +153,11 @@ def test_seed_endpoints(client):
     assert bad.status_code == 422 and "HTML" in bad.json()["detail"]
 
 
-def test_health_reports_model_backend_and_queue(client, stack_settings):
+def test_health_reports_model_backend_and_queue(client, settings):
     health = client.get("/health").json()
     assert health["status"] == "ok"
-    assert health["backend"] == "pgvector"
-    assert health["model"] == {"name": "proxima-tiny", "pretrained": str(stack_settings.model_pretrained),
+    assert health["backend"] == settings.vector_backend
+    assert health["model"] == {"name": "proxima-tiny", "pretrained": str(settings.model_pretrained),
                                "dim": 64, "random": False}
     assert isinstance(health["vectors"], int) and health["queue_depth"] == 0
 

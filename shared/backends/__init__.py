@@ -19,6 +19,8 @@ from shared.config import Settings
 
 _BACKENDS = {
     "pgvector": "shared.backends.pgvector:PgVectorBackend",
+    "milvus": "shared.backends.milvus:MilvusBackend",
+    "manticore": "shared.backends.manticore:ManticoreBackend",
 }
 
 

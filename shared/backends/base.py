@@ -11,7 +11,7 @@ Backends translate their driver's errors into these at the boundary, so callers 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -85,6 +85,9 @@ class VectorBackend(Protocol):
 
     def count(self) -> int:
         """Number of stored vectors."""
+
+    def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
+        """Every record with its vector, in batches ordered by id (for migrations and audits)."""
 
     def close(self) -> None:
         """Release connections."""

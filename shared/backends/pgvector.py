@@ -215,6 +215,22 @@ class PgVectorBackend:
                 return 0
             return int(conn.execute("SELECT count(*) FROM proxima_images").fetchone()[0])
 
+    def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
+        after = ""
+        while True:
+            with self._connection() as conn:
+                if conn.execute("SELECT to_regclass('proxima_images')").fetchone()[0] is None:
+                    return
+                rows = conn.execute(
+                    "SELECT id, filename, size_bytes, format, width, height, model, created_at, embedding "
+                    "FROM proxima_images WHERE id > %s ORDER BY id LIMIT %s",
+                    (after, batch_size),
+                ).fetchall()
+            if not rows:
+                return
+            yield [ImageRecord(*row[:8]) for row in rows], np.stack([_as_array(row[8]) for row in rows])
+            after = rows[-1][0]
+
 
 @contextmanager
 def _translate_errors() -> Iterator[None]:

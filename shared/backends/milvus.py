@@ -1,0 +1,238 @@
+"""Milvus backend (pymilvus `MilvusClient`).
+
+`MILVUS_URI` is a server URL (`http://host:19530`, the production path) or a local path, which means
+Milvus Lite: fine for development and small collections, but one process per data directory, so
+`make up` runs `milvus-lite server` and points every process at it over HTTP.
+
+One collection with an explicit schema: the image id (VARCHAR 64) as primary key, a FLOAT_VECTOR of the
+model's dimension, and the metadata fields. HNSW index with the COSINE metric, whose search "distance"
+is already the cosine similarity. The model identity is kept as JSON in the collection description.
+
+Consistency: collections use `Strong`. The writer (a worker) and the reader (the API) are different
+clients, so `Session` would not let a search see a batch another process just finished; `Bounded`
+(Milvus' default) may hide it for a moment. Strong costs a little latency per query and makes "job
+completed, so its images are searchable" true.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from shared.backends.base import BackendError, BackendUnavailable, Hit, ImageRecord, SchemaMismatch
+from shared.config import Settings
+from shared.embedder import ModelInfo
+
+_META_FIELDS = ["filename", "size_bytes", "format", "width", "height", "model", "created_at"]
+# Long calls (index builds) otherwise trip gRPC's "too_many_pings" with Milvus Lite.
+_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 3_600_000, "grpc.keepalive_permit_without_calls": False}
+_MAX_BATCH = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_COLLECTION_NOT_LOADED = 101
+
+
+class MilvusBackend:
+    name = "milvus"
+
+    def __init__(self, uri: str, *, collection: str = "proxima_images", token: str = "", hnsw_m: int = 16,
+                 hnsw_ef_construction: int = 128, ef_search: int = 100, timeout: float = 30.0) -> None:
+        if not uri:
+            raise BackendError("VECTOR_BACKEND=milvus needs MILVUS_URI (http://host:19530 or a local path)")
+        self.uri = uri
+        self.collection = collection
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
+        self.ef_search = ef_search
+        self._token = token
+        self._timeout = timeout
+        self._client = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MilvusBackend:
+        uri = settings.milvus_uri or str((settings.data_dir / "milvus" / "proxima.db").resolve())
+        return cls(uri, collection=settings.milvus_collection, token=settings.milvus_token,
+                   hnsw_m=settings.milvus_hnsw_m, hnsw_ef_construction=settings.milvus_hnsw_ef_construction,
+                   ef_search=settings.milvus_ef_search)
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        with _translate_errors():
+            with self._lock:
+                if self._client is None:
+                    from pymilvus import MilvusClient
+
+                    self._client = MilvusClient(self.uri, token=self._token, timeout=self._timeout,
+                                                grpc_options=_GRPC_OPTIONS)
+                client = self._client
+            yield client
+
+    def _read(self, op):
+        """Run a read; a collection the server released (e.g. after a restart) is loaded and read again."""
+        from pymilvus.exceptions import MilvusException
+
+        with self._conn() as client:
+            if not client.has_collection(self.collection):
+                return None
+            try:
+                return op(client)
+            except MilvusException as exc:
+                if exc.code != _COLLECTION_NOT_LOADED:
+                    raise
+                client.load_collection(self.collection)
+                return op(client)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # --- schema --------------------------------------------------------------------------------
+
+    def ensure_schema(self, model: ModelInfo) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        with self._conn() as client:
+            if client.has_collection(self.collection):
+                stored = self._stored_dim(client)
+                if stored != model.dim:
+                    raise SchemaMismatch(
+                        f"the Milvus collection {self.collection!r} holds {stored}-dimensional vectors but model "
+                        f"{model.label()} produces {model.dim}; use the model the index was built with, or "
+                        "re-index into a fresh collection"
+                    )
+                client.load_collection(self.collection)
+                return
+            schema = MilvusClient.create_schema(
+                auto_id=False, enable_dynamic_field=False,
+                description=json.dumps({"name": model.name, "pretrained": model.pretrained, "dim": model.dim}),
+            )
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=model.dim)
+            schema.add_field("filename", DataType.VARCHAR, max_length=1024)
+            schema.add_field("size_bytes", DataType.INT64)
+            schema.add_field("format", DataType.VARCHAR, max_length=16)
+            schema.add_field("width", DataType.INT32)
+            schema.add_field("height", DataType.INT32)
+            schema.add_field("model", DataType.VARCHAR, max_length=512)
+            schema.add_field("created_at", DataType.INT64)  # microseconds since the epoch, UTC
+            index = client.prepare_index_params()
+            index.add_index(field_name="embedding", index_type="HNSW", metric_type="COSINE",
+                            params={"M": self.hnsw_m, "efConstruction": self.hnsw_ef_construction})
+            client.create_collection(self.collection, schema=schema, index_params=index,
+                                     consistency_level="Strong")
+
+    def _stored_dim(self, client) -> int:
+        fields = client.describe_collection(self.collection)["fields"]
+        return int(next(f["params"]["dim"] for f in fields if f["name"] == "embedding"))
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def upsert(self, records: Sequence[ImageRecord], vectors: np.ndarray) -> None:
+        if len(records) != len(vectors):
+            raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+        rows = {rec.id: _row(rec, vec) for rec, vec in zip(records, np.asarray(vectors, np.float32), strict=True)}
+        batch = list(rows.values())  # the same id twice in one call: the last one wins
+        with self._conn() as client:
+            for start in range(0, len(batch), _MAX_BATCH):
+                client.upsert(self.collection, batch[start:start + _MAX_BATCH])
+
+    def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = ()) -> list[Hit]:
+        limit = k + len(exclude)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+        result = self._read(lambda client: client.search(
+            self.collection, data=[query], limit=limit, output_fields=_META_FIELDS,
+            search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, limit)}},
+        ))
+        if not result:
+            return []
+        skip = set(exclude)
+        hits = [Hit(record=_record(r["id"], r["entity"]), score=float(r["distance"]))
+                for r in result[0] if r["id"] not in skip]
+        return hits[:k]
+
+    def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+        if not ids:
+            return {}
+        rows = self._read(lambda client: client.get(self.collection, ids=list(ids), output_fields=_META_FIELDS))
+        return {row["id"]: _record(row["id"], row) for row in rows or []}
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
+        rows = self._read(lambda client: client.get(self.collection, ids=list(ids), output_fields=["embedding"]))
+        return {row["id"]: np.asarray(row["embedding"], dtype=np.float32) for row in rows or []}
+
+    def delete(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        existing = list(self.get(ids))  # Milvus reports the ids it was given, not the ones it removed
+        if existing:
+            with self._conn() as client:
+                client.delete(self.collection, ids=existing)
+        return len(existing)
+
+    def count(self) -> int:
+        rows = self._read(lambda client: client.query(self.collection, filter="", output_fields=["count(*)"]))
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
+        iterator = self._read(lambda client: client.query_iterator(
+            self.collection, batch_size=batch_size, output_fields=[*_META_FIELDS, "embedding"]))
+        if iterator is None:
+            return
+        try:
+            while True:
+                with _translate_errors():
+                    rows = iterator.next()
+                if not rows:
+                    return
+                yield ([_record(r["id"], r) for r in rows],
+                       np.asarray([r["embedding"] for r in rows], dtype=np.float32))
+        finally:
+            iterator.close()
+
+def _row(rec: ImageRecord, vec: np.ndarray) -> dict[str, Any]:
+    return {
+        "id": rec.id, "embedding": vec.tolist(), "filename": rec.filename, "size_bytes": int(rec.size_bytes),
+        "format": rec.format, "width": int(rec.width), "height": int(rec.height), "model": rec.model,
+        "created_at": (rec.created_at - _EPOCH) // timedelta(microseconds=1),
+    }
+
+
+def _record(image_id: str, fields: dict[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        id=image_id, filename=fields["filename"], size_bytes=int(fields["size_bytes"]), format=fields["format"],
+        width=int(fields["width"]), height=int(fields["height"]), model=fields["model"],
+        created_at=_EPOCH + timedelta(microseconds=int(fields["created_at"])),
+    )
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    from pymilvus.exceptions import MilvusException, MilvusUnavailableException
+
+    try:
+        yield
+    except BackendError:
+        raise
+    except MilvusUnavailableException as exc:
+        raise BackendUnavailable(f"Milvus is unreachable: {exc}") from exc
+    except MilvusException as exc:
+        text = str(exc).lower()
+        if exc.code == 2 or "unavailable" in text or "connect" in text or "deadline" in text:
+            raise BackendUnavailable(f"Milvus is unreachable: {exc}") from exc
+        raise BackendError(f"Milvus error: {exc}") from exc
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            raise BackendUnavailable(f"Milvus is unreachable: {exc}") from exc
+        raise
