@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     milvus_ef_search: int = Field(100, ge=1, le=1000)
     milvus_lite_port: int = Field(19530, ge=1, le=65535)
 
+    # Manticore table and HNSW parameters
+    manticore_table: str = Field("proxima_images", pattern=r"^[a-z_][a-z0-9_]{0,127}$")
+    manticore_hnsw_m: int = Field(16, ge=2, le=100)
+    manticore_hnsw_ef_construction: int = Field(200, ge=4, le=1000)
+    manticore_ef_search: int = Field(200, ge=1, le=1000)
+
     # Jobs and tasks
     job_ttl_days: int = Field(30, ge=1)
     task_max_retries: int = Field(8, ge=0)

@@ -1,16 +1,54 @@
-"""One fixture per backend; `backend` runs each conformance test on every backend available here."""
+"""One factory fixture per backend; `backend` runs each conformance test on every backend.
+
+A factory makes clients of one fresh, empty collection (several clients may share it). Its `spec` is a
+picklable recipe for the same collection, so another process can open it too. Backends whose server is
+not available here are skipped with the reason.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
-from shared.backends.pgvector import PgVectorBackend
+from shared.backends import VectorBackend
 
-BACKENDS = ["pgvector"]
+BACKENDS = ["pgvector", "milvus", "manticore"]
+
+Spec = tuple[str, dict[str, Any]]
+
+
+def build(spec: Spec) -> VectorBackend:
+    name, kwargs = spec
+    if name == "pgvector":
+        from shared.backends.pgvector import PgVectorBackend
+
+        return PgVectorBackend(**kwargs)
+    if name == "milvus":
+        from shared.backends.milvus import MilvusBackend
+
+        return MilvusBackend(**kwargs)
+    from shared.backends.manticore import ManticoreBackend
+
+    return ManticoreBackend.from_url(**kwargs)
+
+
+class Factory:
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.made: list[VectorBackend] = []
+
+    def __call__(self) -> VectorBackend:
+        self.made.append(build(self.spec))
+        return self.made[-1]
+
+    def close(self) -> None:
+        for backend in self.made:
+            backend.close()
 
 
 @pytest.fixture
@@ -25,24 +63,45 @@ def fresh_pg_url(pg_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def pgvector_factory(fresh_pg_url: str) -> Iterator[Callable[[], PgVectorBackend]]:
-    made: list[PgVectorBackend] = []
+def pgvector_factory(fresh_pg_url: str) -> Iterator[Factory]:
+    factory = Factory(("pgvector", {"url": fresh_pg_url}))
+    yield factory
+    factory.close()
 
-    def make() -> PgVectorBackend:
-        made.append(PgVectorBackend(fresh_pg_url, ef_search=100))
-        return made[-1]
 
-    yield make
-    for backend in made:
-        backend.close()
+@pytest.fixture
+def milvus_factory(milvus_url: str) -> Iterator[Factory]:
+    factory = Factory(("milvus", {"uri": milvus_url, "collection": "t_" + uuid.uuid4().hex[:12]}))
+    yield factory
+    collection = factory.spec[1]["collection"]
+    factory.close()
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(milvus_url)
+    client.drop_collection(collection)
+    client.close()
+
+
+@pytest.fixture
+def manticore_factory() -> Iterator[Factory]:
+    """Fresh, uniquely named tables on the server at MANTICORE_URL; dropped afterwards."""
+    url = os.environ.get("MANTICORE_URL")
+    if not url:
+        pytest.skip("MANTICORE_URL not set: no Manticore server here")
+    prefix = "t_" + uuid.uuid4().hex[:12]
+    factory = Factory(("manticore", {"url": url, "table": f"{prefix}_images", "meta_table": f"{prefix}_meta"}))
+    yield factory
+    factory.close()
+    cleanup = build(factory.spec)
+    cleanup.drop_tables()
+    cleanup.close()
 
 
 @pytest.fixture(params=BACKENDS)
-def backend_factory(request) -> Callable:
-    """Makes clients of one fresh, empty collection (several clients share it)."""
+def backend_factory(request) -> Callable[[], VectorBackend]:
     return request.getfixturevalue(f"{request.param}_factory")
 
 
 @pytest.fixture
-def backend(backend_factory):
+def backend(backend_factory) -> VectorBackend:
     return backend_factory()

@@ -98,10 +98,10 @@ def test_get_delete_count_and_exclude(backend):
     assert backend.delete([]) == 0
 
 
-def _write_range(factory_args, start: int) -> None:
-    from shared.backends.pgvector import PgVectorBackend
+def _write_range(spec, start: int) -> None:
+    from tests.backends.conftest import build
 
-    backend = PgVectorBackend(factory_args)
+    backend = build(spec)
     vectors = clustered(1500, DIM, seed=start)
     recs = records(1500, start=start)
     for i in range(0, 1500, 250):
@@ -109,17 +109,14 @@ def _write_range(factory_args, start: int) -> None:
     backend.close()
 
 
-def test_two_processes_write_at_once(fresh_pg_url):
-    from shared.backends.pgvector import PgVectorBackend
-
-    backend = PgVectorBackend(fresh_pg_url)
+def test_two_processes_write_at_once(backend_factory):
+    backend = backend_factory()
     backend.ensure_schema(MODEL)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_range, args=(fresh_pg_url, start)) for start in (0, 1000)]
+    procs = [ctx.Process(target=_write_range, args=(backend_factory.spec, start)) for start in (0, 1000)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    assert backend.count() == 2500  # ranges overlap on 1000..1499: still one row per id
-    backend.close()
+    assert backend.count() == 2500  # the ranges overlap on 1000..1499: still one row per id

