@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis
@@ -13,8 +14,9 @@ from shared.backends import VectorBackend
 from shared.config import Settings
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
+from shared.ingest import RedisManifest
 from shared.jobs import JobStore
-from workers.celery_app import EMBED_BATCH
+from workers.celery_app import EMBED_BATCH, INGEST_FILES, QUEUE
 
 
 @dataclass
@@ -26,9 +28,17 @@ class Services:
     jobs: JobStore
     redis: redis.Redis
     celery: Celery
+    manifest: RedisManifest
+    walks: dict[str, threading.Event] = field(default_factory=dict)  # running folder walks → stop flag
 
     def enqueue(self, job_id: str, batch_key: str, items: list[dict[str, str]]) -> None:
         self.celery.send_task(EMBED_BATCH, args=[job_id, batch_key, items])
+
+    def enqueue_paths(self, job_id: str, batch_key: str, items: list[dict]) -> None:
+        self.celery.send_task(INGEST_FILES, args=[job_id, batch_key, items])
+
+    def queue_depth(self) -> int:
+        return int(self.redis.llen(QUEUE))
 
 
 def get_services(request: Request) -> Services:

@@ -12,12 +12,13 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Services
 from api.limits import BodySizeLimit
-from api.routes import health, images, jobs, search
+from api.routes import health, images, ingest, jobs, search
 from shared.backends import BackendError, BackendUnavailable, make_backend
 from shared.config import Settings, get_settings
 from shared.embedder import load_embedder
 from shared.imagestore import ImageStore
 from shared.imaging import ImageError
+from shared.ingest import RedisManifest
 from shared.jobs import JobStore
 from workers.celery_app import make_celery
 
@@ -41,6 +42,7 @@ def build_services(settings: Settings) -> Services:
         jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400),
         redis=client,
         celery=make_celery(settings),
+        manifest=RedisManifest(client),
     )
 
 
@@ -52,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings)
         app.state.services = services
         yield
+        for stop in services.walks.values():
+            stop.set()  # running folder walks seal their jobs and end
         services.backend.close()
         services.redis.close()
 
@@ -62,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    for module in (images, search, jobs, health):
+    for module in (images, search, ingest, jobs, health):
         app.include_router(module.router)
 
     @app.exception_handler(ImageError)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     manticore_hnsw_ef_construction: int = Field(200, ge=4, le=1000)
     manticore_ef_search: int = Field(200, ge=1, le=1000)
 
+    # Folder ingest
+    ingest_roots: Annotated[list[Path], NoDecode] = []  # folders POST /ingest may read (comma-separated)
+    ingest_max_queued: int = Field(64, ge=1)  # batches waiting in the queue before the walk pauses
+
     # Jobs and tasks
     job_ttl_days: int = Field(30, ge=1)
     task_max_retries: int = Field(8, ge=0)
@@ -70,6 +74,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("ingest_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def images_dir(self) -> Path:

@@ -133,6 +133,36 @@ def _open(data: bytes | Path) -> Image.Image:
         raise ImageError(f"cannot read image header: {exc}") from exc
 
 
+_ISOBMFF_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
+
+def sniff(head: bytes) -> str | None:
+    """The image format suggested by a file's first 32 bytes, or None: cheap, for walking folders.
+
+    Only a hint (a match can still fail to decode); use `describe_non_image` for why it is not one.
+    """
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"BM") and len(head) >= 26:
+        return "BMP"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if head[4:8] == b"ftyp" and head[8:12] in _ISOBMFF_BRANDS:
+        return "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIF"
+    return None
+
+
+def describe_non_image(head: bytes) -> str:
+    """Why bytes starting with `head` are not an image we take, in a few words."""
+    return _describe(head)
+
+
 def _describe(data: bytes | Path) -> str:
     if isinstance(data, Path):
         with data.open("rb") as fh:

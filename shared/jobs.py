@@ -1,11 +1,15 @@
-"""Job records in Redis: what happened to each image of an upload (or, later, a folder ingest).
+"""Job records in Redis: what happened to each image of an upload or a folder ingest.
 
-A job is a hash `proxima:job:<id>` with counters, a list of per-file errors, and a set of the batch keys
-already counted. Workers report each finished batch through one Lua script that adds its counts only
-the first time that batch key is seen, so a batch redelivered after a worker crash is never counted
-twice. The state is derived in the same script:
+A job is a hash `proxima:job:<id>` with counters, a list of per-file errors, a hash of skip reasons, and
+a set of the batch keys already counted. Every change goes through one Lua script that adds a batch's
+counts only the first time its key is seen (so a batch redelivered after a worker crash is never counted
+twice) and derives the state in the same step:
 
     queued → running → completed | completed_with_errors | failed (every image failed)
+
+Counters: `total` images handed to workers, `done` (embedded, or found already indexed), `failed`, and
+for folder ingests `seen` (files walked), `skipped` (not images) and `duplicates` (part of `done`). A
+folder job is open while its walk is still adding images; it completes only once sealed.
 """
 
 from __future__ import annotations
@@ -20,27 +24,36 @@ import redis
 
 _PREFIX = "proxima:job:"
 MAX_ERRORS_KEPT = 10_000
+COUNTERS = ("total", "done", "failed", "seen", "skipped", "duplicates")
 
-_FINISH_BATCH = """
--- KEYS: job hash, batch-key set, errors list
--- ARGV: batch key, done, failed, now, ttl, max errors, error json...
+_UPDATE = """
+-- KEYS: job hash, batch-key set, errors list, skip-reasons hash
+-- ARGV: batch key ('' = not a batch), now, ttl, max errors, seal (0/1), n counters,
+--       counter name/delta pairs, n reasons, reason/count pairs, error json...
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
-local done = redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
-local failed = redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
-local kept = redis.call('LLEN', KEYS[3])
-for i = 7, #ARGV do
-  if kept < tonumber(ARGV[6]) then redis.call('RPUSH', KEYS[3], ARGV[i]); kept = kept + 1 end
+if ARGV[1] ~= '' and redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
 end
-local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
-local sealed = redis.call('HGET', KEYS[1], 'sealed') == '1'
-local state = 'running'
-if sealed and done + failed >= total then
+local n_reasons = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n_reasons do
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+local kept = redis.call('LLEN', KEYS[3])
+for j = i, #ARGV do
+  if kept < tonumber(ARGV[4]) then redis.call('RPUSH', KEYS[3], ARGV[j]); kept = kept + 1 end
+end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'sealed', 1) end
+local f = redis.call('HMGET', KEYS[1], 'total', 'done', 'failed', 'sealed', 'state')
+local total, done, failed = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
+local state = f[5]
+if f[4] == '1' and done + failed >= total then
   if failed == 0 then state = 'completed' elseif done == 0 then state = 'failed'
   else state = 'completed_with_errors' end
-end
-redis.call('HSET', KEYS[1], 'state', state, 'updated_at', ARGV[4])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+elseif done + failed > 0 then state = 'running' end
+redis.call('HSET', KEYS[1], 'state', state, 'updated_at', ARGV[2])
+for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ARGV[3]) end
 return 1
 """
 
@@ -63,59 +76,83 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, ttl_s: int = 30 * 86400) -> None:
         self.redis = client
         self.ttl_s = ttl_s
-        self._finish = client.register_script(_FINISH_BATCH)
+        self._update = client.register_script(_UPDATE)
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
         base = _PREFIX + job_id
-        return [base, base + ":batches", base + ":errors"]
+        return [base, base + ":batches", base + ":errors", base + ":skips"]
 
-    def create(self, *, total: int, kind: str = "upload") -> str:
-        """A new queued job expecting `total` images; report them with `finish_batch`."""
+    def create(self, *, total: int = 0, kind: str = "upload", sealed: bool = True, **info: str) -> str:
+        """A new queued job expecting `total` images (more may be added until it is sealed)."""
         job_id = uuid.uuid4().hex
         now = time.time()
         key = self._keys(job_id)[0]
-        self.redis.hset(key, mapping={
-            "kind": kind, "state": "queued", "total": total, "done": 0, "failed": 0,
-            "sealed": 1, "created_at": now, "updated_at": now,
-        })
+        fields: dict[str, Any] = {name: 0 for name in COUNTERS}
+        fields.update(kind=kind, state="queued", total=total, sealed=int(sealed), created_at=now,
+                      updated_at=now, **info)
+        self.redis.hset(key, mapping=fields)
         self.redis.expire(key, self.ttl_s)
         return job_id
 
     def mark_running(self, job_id: str) -> None:
         key = self._keys(job_id)[0]
-        with self.redis.pipeline() as pipe:
-            pipe.hsetnx(key, "started_at", time.time())
-            pipe.hget(key, "state")
-            _, state = pipe.execute()
-        if state == b"queued":
-            self.redis.hset(key, mapping={"state": "running", "updated_at": time.time()})
+        if self.redis.hsetnx(key, "started_at", time.time()):
+            self.redis.hset(key, "state", "running")
+            self.redis.expire(key, self.ttl_s)
 
-    def finish_batch(self, job_id: str, batch_key: str, *, done: int, errors: list[FileError]) -> bool:
+    def finish_batch(self, job_id: str, batch_key: str, *, done: int, errors: list[FileError],
+                     duplicates: int = 0) -> bool:
         """Count a finished batch once; False if this batch key was already counted (a redelivery)."""
-        args = [batch_key, done, len(errors), time.time(), self.ttl_s, MAX_ERRORS_KEPT]
+        return self._apply(job_id, batch_key, {"done": done, "failed": len(errors), "duplicates": duplicates},
+                           errors=errors)
+
+    def add(self, job_id: str, *, counts: dict[str, int], reasons: dict[str, int] | None = None,
+            seal: bool = False) -> None:
+        """Progress of a folder walk: add counters and skip reasons; `seal` once nothing more will come."""
+        self._apply(job_id, "", counts, reasons=reasons or {}, seal=seal)
+
+    def _apply(self, job_id: str, batch_key: str, counts: dict[str, int], *, errors: list[FileError] = (),
+               reasons: dict[str, int] | None = None, seal: bool = False) -> bool:
+        counts = {k: v for k, v in counts.items() if v}
+        reasons = reasons or {}
+        args: list[Any] = [batch_key, time.time(), self.ttl_s, MAX_ERRORS_KEPT, int(seal), len(counts)]
+        for name, delta in counts.items():
+            if name not in COUNTERS:
+                raise ValueError(f"unknown job counter {name!r}")
+            args += [name, delta]
+        args.append(len(reasons))
+        for reason, n in reasons.items():
+            args += [reason, n]
         args += [json.dumps(asdict(err)) for err in errors]
-        return self._finish(keys=self._keys(job_id), args=args) == 1
+        return self._update(keys=self._keys(job_id), args=args) == 1
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         if not is_job_id(job_id):
             return None
-        key, _, errors_key = self._keys(job_id)
+        key, _, errors_key, skips_key = self._keys(job_id)
         with self.redis.pipeline() as pipe:
             pipe.hgetall(key)
             pipe.lrange(errors_key, 0, -1)
-            fields, errors = pipe.execute()
+            pipe.hgetall(skips_key)
+            fields, errors, skips = pipe.execute()
         if not fields:
             return None
         f = {k.decode(): v.decode() for k, v in fields.items()}
-        return {
-            "job_id": job_id,
-            "kind": f["kind"],
-            "state": f["state"],
-            "total": int(f["total"]),
-            "done": int(f["done"]),
-            "failed": int(f["failed"]),
-            "errors": [json.loads(e) for e in errors],
-            "created_at": float(f["created_at"]),
-            "updated_at": float(f["updated_at"]),
-        }
+        job: dict[str, Any] = {"job_id": job_id, "kind": f["kind"], "state": f["state"]}
+        job.update({name: int(f.get(name, 0)) for name in COUNTERS})
+        job["errors"] = [json.loads(e) for e in errors]
+        if f["kind"] != "upload":
+            job["path"] = f.get("path")
+            job["walking"] = f.get("sealed") != "1"
+            job["skipped_reasons"] = {k.decode(): int(v) for k, v in skips.items()}
+        started = float(f.get("started_at", 0)) or None
+        updated = float(f["updated_at"])
+        processed = job["done"] + job["failed"]
+        rate = processed / (updated - started) if started and updated > started and processed else None
+        remaining = job["total"] - processed
+        job["rate_per_s"] = round(rate, 2) if rate else None
+        job["eta_s"] = round(remaining / rate, 1) if rate and not job.get("walking") and remaining > 0 else (
+            0.0 if remaining <= 0 and f.get("sealed") == "1" else None)
+        job.update(created_at=float(f["created_at"]), started_at=started, updated_at=updated)
+        return job

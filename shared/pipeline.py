@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -62,11 +64,13 @@ def accept_uploads(
     enqueue: Enqueue,
     batch_size: int,
     max_pixels: int,
+    job_id: str | None = None,
 ) -> tuple[str, list[Accepted]]:
     """Store each valid upload content-addressed and queue the new ones for embedding in batches.
 
     A file that is not an image is rejected without affecting the others. Bytes already stored and
     already indexed (or repeated within this request) are reported as duplicates and not re-embedded.
+    The uploads form a new job, or are added to the open job `job_id` (a client-side folder ingest).
     Returns the job id and one entry per upload, in order.
     """
     results: list[Accepted] = []
@@ -94,16 +98,21 @@ def accept_uploads(
         for r in results
     ]
     queued = [{"id": r.id, "filename": r.filename} for r in results if r.status == "queued"]
-    job_id = jobs.create(total=len(results))
+    if job_id is None:
+        job_id = jobs.create(total=len(results))
+    else:
+        jobs.add(job_id, counts={"total": len(results), "seen": len(results)})
+    request_key = uuid.uuid4().hex[:12]  # batch keys stay unique when several requests share a job
     skipped = [r for r in results if r.status != "queued"]
     if skipped:  # duplicates count as done, rejections as failed, right away
         jobs.finish_batch(
-            job_id, "upload",
+            job_id, f"{request_key}-upload",
             done=sum(r.status == "duplicate" for r in skipped),
             errors=[FileError(r.id, r.filename, r.error or "") for r in skipped if r.status == "rejected"],
+            duplicates=sum(r.status == "duplicate" for r in skipped),
         )
     for n, start in enumerate(range(0, len(queued), batch_size)):
-        enqueue(job_id, f"b{n}", queued[start:start + batch_size])
+        enqueue(job_id, f"{request_key}-b{n}", queued[start:start + batch_size])
     return job_id, results
 
 
@@ -122,6 +131,17 @@ def _indexed_ids(backend: VectorBackend, ids: Sequence[str]) -> set[str]:
 class BatchResult:
     done: int
     errors: list[FileError]
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An image in the store, about to be embedded."""
+
+    id: str
+    filename: str
+    source: bytes | Path  # its bytes if already in memory, else its stored path
+    size_bytes: int
 
 
 def embed_batch(
@@ -133,37 +153,53 @@ def embed_batch(
     pool: Executor,
     max_pixels: int,
 ) -> BatchResult:
-    """Decode the batch in parallel, embed it in one model call, upsert it in one backend call.
+    """Embed a batch of stored uploads ({"id", "filename"} items) and upsert it in one backend call.
 
     An image that cannot be read fails alone (and its file is removed from the store, since it can never
     be indexed). BackendUnavailable propagates so the caller can retry the whole batch later.
     """
+    pending, errors = [], []
+    for item in items:
+        path = images.path(item["id"])
+        try:
+            pending.append(Pending(item["id"], item["filename"], path, path.stat().st_size))
+        except FileNotFoundError:
+            errors.append(FileError(item["id"], item["filename"], "image file missing from the store"))
+    done, failed = embed_pending(pending, backend=backend, embedder=embedder, pool=pool, max_pixels=max_pixels)
+    for p in pending:
+        if p.id in failed:
+            images.delete(p.id)
+            errors.append(FileError(p.id, p.filename, failed[p.id]))
+    return BatchResult(done=done, errors=errors)
+
+
+def embed_pending(
+    pending: Sequence[Pending], *, backend: VectorBackend, embedder: Embedder, pool: Executor, max_pixels: int
+) -> tuple[int, dict[str, str]]:
+    """Decode in parallel, embed in one model call, upsert in one backend call.
+
+    Returns how many were embedded and {id: why} for those that could not be decoded.
+    """
     size = embedder.image_size
 
-    def prepare(item: dict[str, str]) -> tuple[ImageRecord, np.ndarray] | FileError:
-        image_id, filename = item["id"], item["filename"]
+    def prepare(p: Pending) -> tuple[ImageRecord, np.ndarray] | tuple[str, str]:
         try:
-            path = images.path(image_id)
-            loaded = load_image(path, min_side=size, max_pixels=max_pixels)
+            loaded = load_image(p.source, min_side=size, max_pixels=max_pixels)
             pixels = to_model_input(loaded.image, size)
-            record = ImageRecord(
-                id=image_id, filename=filename, size_bytes=path.stat().st_size, format=loaded.format,
-                width=loaded.width, height=loaded.height, model=embedder.info.label(),
-            )
-            return record, pixels
         except ImageError as exc:
-            images.delete(image_id)
-            return FileError(image_id, filename, str(exc))
-        except (FileNotFoundError, ValueError) as exc:
-            return FileError(image_id, filename, f"image file missing from the store: {exc}")
+            return p.id, str(exc)
+        except OSError as exc:
+            return p.id, f"cannot read the image file: {exc}"
+        record = ImageRecord(id=p.id, filename=p.filename, size_bytes=p.size_bytes, format=loaded.format,
+                             width=loaded.width, height=loaded.height, model=embedder.info.label())
+        return record, pixels
 
-    prepared = list(pool.map(prepare, items))
-    errors = [p for p in prepared if isinstance(p, FileError)]
-    good = [p for p in prepared if not isinstance(p, FileError)]
+    prepared = list(pool.map(prepare, pending))
+    good = [p for p in prepared if isinstance(p[0], ImageRecord)]
     if good:
         vectors = embedder.encode_images([pixels for _, pixels in good])
         backend.upsert([record for record, _ in good], vectors)
-    return BatchResult(done=len(good), errors=errors)
+    return len(good), {image_id: why for image_id, why in prepared if isinstance(image_id, str)}
 
 
 def search_image(

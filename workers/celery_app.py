@@ -10,7 +10,8 @@ from celery import Celery
 from shared.config import Settings, get_settings
 
 QUEUE = "proxima"
-EMBED_BATCH = "proxima.embed_batch"
+EMBED_BATCH = "proxima.embed_batch"  # args: job id, batch key, [{"id", "filename"}] of stored uploads
+INGEST_FILES = "proxima.ingest_files"  # args: job id, batch key, [{"path", "size", "mtime_ns"}] of a folder
 
 
 def make_celery(settings: Settings) -> Celery:

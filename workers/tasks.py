@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -17,9 +18,10 @@ from shared.backends import BackendUnavailable, VectorBackend, make_backend
 from shared.config import Settings, get_settings
 from shared.embedder import Embedder, load_embedder
 from shared.imagestore import ImageStore
+from shared.ingest import RedisManifest, ingest_files
 from shared.jobs import FileError, JobStore
-from shared.pipeline import embed_batch
-from workers.celery_app import EMBED_BATCH, app
+from shared.pipeline import BatchResult, embed_batch
+from workers.celery_app import EMBED_BATCH, INGEST_FILES, app
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class WorkerContext:
     backend: VectorBackend
     embedder: Embedder
     jobs: JobStore
+    manifest: RedisManifest
     pool: ThreadPoolExecutor
 
 
@@ -45,13 +48,14 @@ def context() -> WorkerContext:
     backend = make_backend(settings)
     backend.ensure_schema(embedder.info)
     threads = settings.decode_threads or os.cpu_count() or 1
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
     return WorkerContext(
         settings=settings,
         images=ImageStore(settings.images_dir),
         backend=backend,
         embedder=embedder,
-        jobs=JobStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10),
-                      ttl_s=settings.job_ttl_days * 86400),
+        jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400),
+        manifest=RedisManifest(client),
         pool=ThreadPoolExecutor(threads, thread_name_prefix="decode"),
     )
 
@@ -64,20 +68,37 @@ def _load_on_start(**_: object) -> None:
 
 @app.task(name=EMBED_BATCH, bind=True, max_retries=get_settings().task_max_retries)
 def embed_batch_task(self: Task, job_id: str, batch_key: str, items: list[dict[str, str]]) -> dict[str, int]:
-    """Embed one batch of stored images and record the outcome in job `job_id`."""
+    """Embed one batch of uploaded images (already in the store) for job `job_id`."""
     ctx = context()
+    return _run(self, ctx, job_id, batch_key, items, lambda: embed_batch(
+        items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, pool=ctx.pool,
+        max_pixels=ctx.settings.max_image_pixels))
+
+
+@app.task(name=INGEST_FILES, bind=True, max_retries=get_settings().task_max_retries)
+def ingest_files_task(self: Task, job_id: str, batch_key: str, items: list[dict]) -> dict[str, int]:
+    """Read, store, embed one batch of files given by path (a folder ingest) for job `job_id`."""
+    ctx = context()
+    return _run(self, ctx, job_id, batch_key, items, lambda: ingest_files(
+        items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, manifest=ctx.manifest,
+        pool=ctx.pool, max_pixels=ctx.settings.max_image_pixels))
+
+
+def _run(task: Task, ctx: WorkerContext, job_id: str, batch_key: str, items: list[dict],
+         work: Callable[[], BatchResult]) -> dict[str, int]:
+    """Do the work, report it to the job once, retry the whole batch with backoff on outages."""
     try:
         ctx.jobs.mark_running(job_id)
-        result = embed_batch(items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder,
-                             pool=ctx.pool, max_pixels=ctx.settings.max_image_pixels)
-        ctx.jobs.finish_batch(job_id, batch_key, done=result.done, errors=result.errors)
+        result = work()
+        ctx.jobs.finish_batch(job_id, batch_key, done=result.done, errors=result.errors,
+                              duplicates=result.duplicates)
     except RETRYABLE as exc:
-        if self.request.retries >= self.max_retries:
-            _fail_batch(ctx, job_id, batch_key, items, f"gave up after {self.max_retries} retries: {exc}")
+        if task.request.retries >= task.max_retries:
+            _fail_batch(ctx, job_id, batch_key, items, f"gave up after {task.max_retries} retries: {exc}")
             raise
-        delay = min(300, 2 ** self.request.retries) * (0.5 + random.random())
+        delay = min(300, 2 ** task.request.retries) * (0.5 + random.random())
         log.warning("batch %s/%s: %s; retrying in %.0f s", job_id, batch_key, exc, delay)
-        raise self.retry(exc=exc, countdown=delay) from exc
+        raise task.retry(exc=exc, countdown=delay) from exc
     except Exception as exc:
         log.exception("batch %s/%s failed", job_id, batch_key)
         _fail_batch(ctx, job_id, batch_key, items, f"internal error: {exc}")
@@ -88,6 +109,6 @@ def embed_batch_task(self: Task, job_id: str, batch_key: str, items: list[dict[s
 def _fail_batch(ctx: WorkerContext, job_id: str, batch_key: str, items: list[dict[str, str]], why: str) -> None:
     try:
         ctx.jobs.finish_batch(job_id, batch_key, done=0,
-                              errors=[FileError(i["id"], i["filename"], why) for i in items])
+                              errors=[FileError(i.get("id"), i.get("filename") or i["path"], why) for i in items])
     except redis.RedisError:
         log.exception("could not record the failure of batch %s/%s", job_id, batch_key)

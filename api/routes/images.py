@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -33,7 +33,14 @@ class IndexImageResponse(BaseModel):
     status: str
 
 
-async def _accept(services: Services, files: list[UploadFile]) -> tuple[str, list[Accepted]]:
+async def _accept(services: Services, files: list[UploadFile],
+                  job_id: str | None = None) -> tuple[str, list[Accepted]]:
+    if job_id is not None:
+        job = services.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job with id {job_id[:64]!r}")
+        if not job.get("walking"):
+            raise HTTPException(409, f"job {job_id} is not open for more images")
     if len(files) > services.settings.max_files_per_request:
         raise HTTPException(413, f"{len(files)} files in one request; the limit is "
                                  f"{services.settings.max_files_per_request} (MAX_FILES_PER_REQUEST)")
@@ -44,15 +51,18 @@ async def _accept(services: Services, files: list[UploadFile]) -> tuple[str, lis
     return await run_in_threadpool(
         accept_uploads, uploads, images=services.images, backend=services.backend, jobs=services.jobs,
         enqueue=services.enqueue, batch_size=services.settings.batch_size,
-        max_pixels=services.settings.max_image_pixels,
+        max_pixels=services.settings.max_image_pixels, job_id=job_id,
     )
 
 
 @router.post("/images", status_code=202, response_model=UploadResponse)
-async def upload_images(files: Annotated[list[UploadFile], File(description="one or more images")],
-                        services: ServicesDep) -> UploadResponse:
+async def upload_images(
+    files: Annotated[list[UploadFile], File(description="one or more images")],
+    services: ServicesDep,
+    job_id: Annotated[str | None, Form(description="add to this open job (see POST /jobs)")] = None,
+) -> UploadResponse:
     """Store the images and queue them for indexing. Poll `/jobs/{job_id}` for progress."""
-    job_id, accepted = await _accept(services, files)
+    job_id, accepted = await _accept(services, files, job_id)
     return UploadResponse(job_id=job_id, images=[ImageStatus(**vars(a)) for a in accepted])
 
 

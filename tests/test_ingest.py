@@ -1,0 +1,181 @@
+"""Folder ingest on the real stack: content sniffing, duplicates, resume, the API route, remote mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from shared.ingest import FileRef, walk_folder
+from shared.jobs import JobStore
+from tests.images import encode, jpeg, photo
+from tests.services import REPO, free_port, stop, wait_for
+
+
+def make_folder(root: Path, seed: int) -> dict[str, int]:
+    """A folder of mixed content; returns the expected counts."""
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i in range(6):
+        (root / f"img{i}.jpg").write_bytes(jpeg(seed + i))
+    for i in range(4):
+        (root / "sub" / f"pic{i}.png").write_bytes(encode(photo(seed + 10 + i), "PNG"))
+    (root / "sub" / "deeper" / "deep.webp").write_bytes(encode(photo(seed + 20), "WEBP"))
+    (root / "no_extension").write_bytes(jpeg(seed + 21))  # recognised by content
+    (root / "photo.dat").write_bytes(encode(photo(seed + 22), "PNG"))
+    (root / "copy_of_img0.jpeg").write_bytes(jpeg(seed))  # same bytes as img0.jpg
+    (root / "sub" / "also_img1.jpg").write_bytes(jpeg(seed + 1))
+    (root / "notes.jpg").write_text("not an image at all\n")
+    (root / "page.png").write_text("<!DOCTYPE html><html></html>")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "broken.jpg").write_bytes(jpeg(seed + 30)[:1200])
+    return {"seen": 19, "skipped": 3, "failed": 1, "unique_good": 13, "content_duplicates": 2}
+
+
+def run_script(env: dict[str, str], *args: str, timeout: float = 180) -> dict:
+    result = subprocess.run(
+        [sys.executable, "scripts/ingest_folder.py", *args], cwd=REPO, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def vector_count(client) -> int:
+    return client.get("/health").json()["vectors"]
+
+
+def test_folder_ingest_then_resume(client, stack_env, tmp_path):
+    expected = make_folder(tmp_path / "photos", seed=100)
+    before = vector_count(client)
+    first = run_script(stack_env, str(tmp_path / "photos"), "--recursive")
+    assert first["state"] == "completed_with_errors"
+    assert first["seen"] == expected["seen"]
+    assert first["skipped"] == expected["skipped"]
+    assert first["failed"] == expected["failed"]
+    assert first["queued"] == expected["seen"] - expected["skipped"]
+    assert first["duplicates"] == expected["content_duplicates"]
+    assert set(first["skipped_reasons"]) == {
+        "empty file (0 bytes)", "not an image: the file looks like plain text",
+        "not an image: the file is an HTML document"}
+    assert "broken.jpg" in first["errors"][0]["filename"]
+    assert vector_count(client) == before + expected["unique_good"]
+
+    # the content is searchable, and a file with no extension was indexed by content
+    hit = client.post("/search", files={"file": ("q", jpeg(121))}).json()["results"][0]
+    assert hit["filename"] == "no_extension" and hit["score"] > 0.999
+
+    # run again: nothing is re-sent or re-embedded
+    again = run_script(stack_env, str(tmp_path / "photos"), "--recursive")
+    assert again["queued"] == 1  # only the broken file, which never got indexed
+    assert again["duplicates"] == expected["unique_good"] + expected["content_duplicates"]
+    assert vector_count(client) == before + expected["unique_good"]
+
+    # a touched file is re-read, recognised by its content, and still not embedded twice
+    os.utime(tmp_path / "photos" / "img3.jpg", ns=(1, 1))
+    touched = run_script(stack_env, str(tmp_path / "photos"), "--recursive")
+    assert touched["queued"] == 2 and touched["duplicates"] == again["duplicates"]
+    assert vector_count(client) == before + expected["unique_good"]
+
+
+def test_non_recursive_stays_in_the_folder(client, stack_env, tmp_path):
+    make_folder(tmp_path / "p", seed=200)
+    result = run_script(stack_env, str(tmp_path / "p"))
+    assert result["seen"] == 13  # the top-level files only
+
+
+def test_api_ingest_respects_allowed_roots(stack_settings, worker, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    allowed = tmp_path / "allowed"
+    make_folder(allowed / "set", seed=300)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(jpeg(399))
+    (allowed / "escape").symlink_to(outside, target_is_directory=True)
+    (allowed / "set" / "link.jpg").symlink_to(outside / "secret.jpg")
+    settings = stack_settings.model_copy(update={"ingest_roots": [allowed]})
+    with TestClient(create_app(settings)) as api:
+        started = api.post("/ingest", json={"path": str(allowed / "set"), "recursive": True})
+        assert started.status_code == 202, started.text
+        job_id = started.json()["job_id"]
+        deadline = time.monotonic() + 90
+        while (job := api.get(f"/jobs/{job_id}").json())["state"] not in ("completed", "completed_with_errors"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["kind"] == "folder" and not job["walking"]
+        assert job["skipped_reasons"].get("symlink pointing outside the allowed roots") == 1
+        assert job["failed"] == 1 and job["rate_per_s"] and job["eta_s"] == 0.0
+        for path in (str(outside), str(allowed / "escape"), "/etc", str(allowed / ".." / "outside"),
+                     str(allowed) + "\x00/x"):
+            response = api.post("/ingest", json={"path": path})
+            assert response.status_code == 403, (path, response.text)
+        assert api.post("/ingest", json={"path": str(allowed / "missing")}).status_code == 404
+    with TestClient(create_app(stack_settings)) as api:  # no INGEST_ROOTS: disabled
+        assert api.post("/ingest", json={"path": str(allowed)}).status_code == 403
+
+
+def test_remote_mode_uploads_in_batches(stack_env, worker, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)], cwd=REPO,
+        env={**os.environ, **stack_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        import httpx
+
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, what="api")
+        expected = make_folder(tmp_path / "remote", seed=400)
+        args = [str(tmp_path / "remote"), "-r", "--api", f"http://127.0.0.1:{port}",
+                "--state", str(tmp_path / "state.sqlite"), "--batch-size", "5"]
+        first = run_script(stack_env, *args)
+        assert first["state"] == "completed_with_errors"
+        assert (first["seen"], first["skipped"], first["failed"]) == (
+            expected["seen"], expected["skipped"], expected["failed"])
+        assert first["done"] == expected["unique_good"] + expected["content_duplicates"]
+        again = run_script(stack_env, *args)
+        assert again["queued"] == 0 and again["duplicates"] >= expected["unique_good"]
+    finally:
+        stop(server)
+
+
+def test_walk_keeps_the_queue_bounded(redis_url, tmp_path):
+    import redis
+
+    for i in range(40):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(40))
+    jobs = JobStore(redis.Redis.from_url(redis_url))
+    job_id = jobs.create(kind="folder", sealed=False)
+    in_queue: list[int] = []
+    high_water = 0
+    lock = threading.Lock()
+
+    def enqueue(job, key, items):
+        nonlocal high_water
+        with lock:
+            in_queue.append(len(items))
+            high_water = max(high_water, len(in_queue))
+
+    def consume():
+        while True:
+            time.sleep(0.01)
+            with lock:
+                if in_queue:
+                    in_queue.pop(0)
+
+    threading.Thread(target=consume, daemon=True).start()
+
+    class NoManifest:
+        def lookup(self, files: list[FileRef]):
+            return [None] * len(files)
+
+    stats = walk_folder(tmp_path, job_id, recursive=False, batch_size=2, jobs=jobs,
+                        backend=None,  # never consulted: the manifest knows no file
+                        manifest=NoManifest(), enqueue=enqueue, queue_depth=lambda: len(in_queue), max_queued=3)
+    assert stats.queued == 40 and high_water <= 3
+    assert jobs.get(job_id)["total"] == 40 and not jobs.get(job_id)["walking"]
