@@ -1,0 +1,92 @@
+"""Find the indexed images most similar to one: `python scripts/find_similar.py IMAGE [--top-k K]`.
+
+Prints a table (rank, score, id, file name), or JSON with `--json`. `--open` also writes a small HTML
+contact sheet of the results and opens it in the browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import sys
+import tempfile
+import webbrowser
+from pathlib import Path
+
+import httpx
+
+DEFAULT_API = os.environ.get("PROXIMA_API", "http://127.0.0.1:8000")
+
+
+def search(api: str, image: Path, top_k: int) -> dict:
+    """POST the image to /search; exits with a readable message on any failure."""
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        sys.exit(f"cannot read {image}: {exc.strerror or exc}")
+    try:
+        response = httpx.post(f"{api.rstrip('/')}/search", files={"file": (image.name, data)},
+                              data={"top_k": str(top_k)}, timeout=120)
+    except httpx.ConnectError:
+        sys.exit(f"the API at {api} is not reachable; is it running (`make up`), or is --api wrong?")
+    except httpx.HTTPError as exc:
+        sys.exit(f"request to {api} failed: {exc}")
+    if response.status_code == 422:
+        detail = response.json().get("detail")
+        sys.exit(f"{image} was refused: {detail if isinstance(detail, str) else json.dumps(detail)}")
+    if response.is_error:
+        sys.exit(f"the API answered {response.status_code}: {response.text[:500]}")
+    return response.json()
+
+
+def table(results: list[dict]) -> str:
+    if not results:
+        return "no indexed images yet"
+    lines = [f"{'rank':>4}  {'score':>6}  {'id':<16}  file name"]
+    for rank, r in enumerate(results, start=1):
+        lines.append(f"{rank:>4}  {r['score']:>6.3f}  {r['id'][:16]}  {r['filename']}")
+    return "\n".join(lines)
+
+
+def contact_sheet(api: str, query: Path, results: list[dict]) -> Path:
+    base = api.rstrip("/")
+    tiles = "\n".join(
+        f'<figure><a href="{html.escape(base + r["image_url"])}"><img src="{html.escape(base + r["image_url"])}" '
+        f'loading="lazy"></a><figcaption>#{rank} · {r["score"]:.3f}<br>{html.escape(r["filename"])}'
+        "</figcaption></figure>"
+        for rank, r in enumerate(results, start=1)
+    )
+    page = f"""<!doctype html><meta charset="utf-8"><title>Similar to {html.escape(query.name)}</title>
+<style>body{{font-family:sans-serif;margin:1.5rem}}main{{display:flex;flex-wrap:wrap;gap:1rem}}
+figure{{margin:0;width:200px}}img{{width:200px;height:200px;object-fit:cover;border-radius:4px}}
+figcaption{{font-size:.8rem;word-break:break-all}}</style>
+<h1>Similar to {html.escape(query.name)}</h1><main>{tiles}</main>"""
+    out = Path(tempfile.mkdtemp(prefix="proxima-")) / "results.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--top-k", "-k", type=int, default=10, help="how many results (1-1000)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument("--api", default=DEFAULT_API, help=f"API base URL (default {DEFAULT_API}, or $PROXIMA_API)")
+    parser.add_argument("--open", action="store_true", help="write an HTML contact sheet and open it")
+    args = parser.parse_args(argv)
+    if not 1 <= args.top_k <= 1000:
+        parser.error("--top-k must be between 1 and 1000")
+
+    answer = search(args.api, args.image, args.top_k)
+    print(json.dumps(answer) if args.json else table(answer["results"]))
+    if args.open:
+        sheet = contact_sheet(args.api, args.image, answer["results"])
+        print(f"contact sheet: {sheet}", file=sys.stderr)
+        webbrowser.open(sheet.as_uri())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

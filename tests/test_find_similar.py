@@ -1,0 +1,66 @@
+"""scripts/find_similar.py against a real API process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.images import jpeg
+from tests.services import REPO, free_port, stop, wait_for
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/find_similar.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "BROWSER": "true"})
+
+
+@pytest.fixture(scope="module")
+def api_url(stack_env, worker, client):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)], cwd=REPO,
+                              env={**os.environ, **stack_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(url + "/health").status_code == 200, what="api")
+    yield url
+    stop(server)
+
+
+def test_table_json_and_contact_sheet(api_url, client, tmp_path):
+    data = jpeg(777)
+    files = [("files", ("sunset.jpg", data)), ("files", ("a.jpg", jpeg(778))), ("files", ("b.jpg", jpeg(779)))]
+    job = client.post("/images", files=files).json()
+    wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["state"] == "completed", what="job")
+    query = tmp_path / "query.jpg"
+    query.write_bytes(data)
+
+    text = run(str(query), "--api", api_url, "--top-k", "3")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "score", "id", "file", "name"]
+    assert lines[1].split()[:2] == ["1", "1.000"] and lines[1].endswith("sunset.jpg")
+    assert len(lines) == 4
+
+    answer = json.loads(run(str(query), "--api", api_url, "--json", "-k", "2").stdout)
+    assert answer["results"][0]["filename"] == "sunset.jpg" and len(answer["results"]) == 2
+
+    opened = run(str(query), "--api", api_url, "--open")
+    sheet = opened.stderr.split("contact sheet: ")[1].strip()
+    page = Path(sheet).read_text(encoding="utf-8")
+    assert "sunset.jpg" in page and f"{api_url}/images/" in page
+
+
+def test_clear_messages_for_bad_input_and_down_api(api_url, tmp_path):
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("hello")
+    refused = run(str(not_image), "--api", api_url)
+    assert refused.returncode != 0 and "was refused" in refused.stderr and "plain text" in refused.stderr
+    down = run(str(not_image), "--api", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode != 0 and "not reachable" in down.stderr
+    missing = run(str(tmp_path / "nope.jpg"), "--api", api_url)
+    assert missing.returncode != 0 and "cannot read" in missing.stderr
