@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.devservices import Worker, start_milvus_lite, start_redis, stop, write_tiny_model
 from shared.config import Settings
-from tests.services import Worker, start_milvus_lite, start_redis, stop, write_tiny_model
 
 E2E_BACKENDS = ["pgvector", "milvus", "manticore"]
 

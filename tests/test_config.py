@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
+from scripts.devservices import REPO
 from shared.config import Settings
-from tests.services import REPO
 
 
 def example_vars() -> dict[str, str]:

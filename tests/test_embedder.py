@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from scripts.devservices import REPO
 from shared.config import Settings
 from shared.embedder import ModelLoadError, load_embedder
 from shared.imaging import load_image, to_model_input
 from tests.images import jpeg, photo
-from tests.services import REPO
 
 
 def settings(**overrides) -> Settings:

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripts.devservices import REPO, free_port, stop, wait_for
 from tests.images import jpeg
-from tests.services import REPO, free_port, stop, wait_for
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

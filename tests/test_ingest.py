@@ -10,10 +10,10 @@ import threading
 import time
 from pathlib import Path
 
+from scripts.devservices import REPO, free_port, stop, wait_for
 from shared.ingest import FileRef, walk_folder
 from shared.jobs import JobStore
 from tests.images import encode, jpeg, photo
-from tests.services import REPO, free_port, stop, wait_for
 
 
 def make_folder(root: Path, seed: int) -> dict[str, int]:

@@ -10,11 +10,11 @@ import uuid
 
 import numpy as np
 
+from scripts.devservices import REPO
 from shared.backends.milvus import MilvusBackend
 from shared.backends.pgvector import PgVectorBackend
 from shared.embedder import ModelInfo
 from tests.backends.data import clustered, records
-from tests.services import REPO
 
 MODEL = ModelInfo("test-model", "random", 32)
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
+from scripts.devservices import free_port, start_milvus_lite, stop
 from shared.backends import BackendUnavailable, VectorBackend
 from shared.embedder import ModelInfo
 from tests.backends.data import clustered, records
-from tests.services import free_port, start_milvus_lite, stop
 
 
 class PgServer:

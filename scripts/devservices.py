@@ -1,4 +1,7 @@
-"""Real services for tests: redis-server, embedded PostgreSQL, a tiny open_clip checkpoint, Celery workers."""
+"""Throw-away real services for tests and benchmarks: redis-server, Milvus Lite, Celery workers, a tiny model.
+
+Each starts on a free loopback port with its data in a directory you give, and is stopped with `stop()`.
+(`make up` runs the long-lived stack itself: see scripts/up.py.)"""
 
 from __future__ import annotations
 
@@ -11,8 +14,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
 
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.fail("redis-server is not installed: run `make venv` (it installs it) or apt-get install redis-server")
+        raise RuntimeError("redis-server is not installed: `make test` installs it, or apt-get install redis-server")
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
