@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     decode_threads: int = Field(0, ge=0, le=256)  # 0: one per CPU core
+    worker_threads: int = Field(2, ge=1, le=64)  # batches a worker process handles at once
 
     # API
     api_host: str = "127.0.0.1"

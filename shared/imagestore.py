@@ -40,8 +40,11 @@ class ImageStore:
     def exists(self, image_id: str) -> bool:
         return is_image_id(image_id) and self.path(image_id).is_file()
 
-    def put(self, data: bytes) -> tuple[str, bool]:
-        """Store `data`; returns (id, created). Storing the same bytes again writes nothing."""
+    def put(self, data: bytes, *, sync: bool = True) -> tuple[str, bool]:
+        """Store `data`; returns (id, created). Storing the same bytes again writes nothing.
+
+        `sync=False` skips the per-file fsync: the caller calls `sync_all()` once for a whole batch.
+        """
         image_id = image_id_of(data)
         target = self.path(image_id)
         if target.is_file():
@@ -51,13 +54,19 @@ class ImageStore:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if sync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         return image_id, True
+
+    @staticmethod
+    def sync_all() -> None:
+        """Make every file written with `sync=False` durable (one sync for a batch, not one per file)."""
+        os.sync()
 
     def read(self, image_id: str) -> bytes:
         return self.path(image_id).read_bytes()

@@ -30,7 +30,7 @@ import redis
 
 from shared.backends import BackendUnavailable, VectorBackend
 from shared.embedder import Embedder
-from shared.imagestore import ImageStore, image_id_of
+from shared.imagestore import ImageStore
 from shared.imaging import describe_non_image, sniff
 from shared.jobs import FileError, JobStore
 from shared.pipeline import BatchResult, Enqueue, Pending, embed_pending
@@ -327,9 +327,15 @@ def ingest_files(
             data = Path(ref.path).read_bytes()
         except OSError as exc:
             return FileError(None, ref.path, f"cannot read the file: {exc.strerror or exc}")
-        return ref, image_id_of(data), data
+        # Stored here, in parallel; bytes already in the store are not written again.
+        image_id, created = images.put(data, sync=False)
+        written.append(created)
+        return ref, image_id, data
 
+    written: list[bool] = []
     read_results = list(pool.map(read, refs))
+    if any(written):
+        images.sync_all()  # durable before anything points at these files
     errors = [r for r in read_results if isinstance(r, FileError)]
     files = [r for r in read_results if not isinstance(r, FileError)]
     indexed = set(backend.get(list({image_id for _, image_id, _ in files})))
@@ -343,7 +349,6 @@ def ingest_files(
         elif image_id in pending:
             owners[image_id].append(ref)
         else:
-            images.put(data)
             pending[image_id] = Pending(image_id, os.path.basename(ref.path), data, len(data))
             owners[image_id] = [ref]
 

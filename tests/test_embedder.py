@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from scripts.devservices import REPO
+from scripts.synthetic import jpeg, photo
 from shared.config import Settings
 from shared.embedder import ModelLoadError, load_embedder
 from shared.imaging import load_image, to_model_input
-from tests.images import jpeg, photo
 
 
 def settings(**overrides) -> Settings:

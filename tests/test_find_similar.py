@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from scripts.devservices import REPO, free_port, stop, wait_for
-from tests.images import jpeg
+from scripts.synthetic import jpeg
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

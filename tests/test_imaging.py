@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scripts.synthetic import encode, jpeg, photo
 from shared.imaging import ImageError, load_image, probe, to_model_input
-from tests.images import encode, jpeg, photo
 
 
 @pytest.mark.parametrize(

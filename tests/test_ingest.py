@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from scripts.devservices import REPO, free_port, stop, wait_for
+from scripts.synthetic import encode, jpeg, photo
 from shared.ingest import FileRef, walk_folder
 from shared.jobs import JobStore
-from tests.images import encode, jpeg, photo
 
 
 def make_folder(root: Path, seed: int) -> dict[str, int]:

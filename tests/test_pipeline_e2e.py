@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.images import encode, jpeg, photo
+from scripts.synthetic import encode, jpeg, photo
 
 GOOD = {
     "beach.jpg": lambda: jpeg(1),

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from scripts.synthetic import jpeg
 from shared.pipeline import clean_filename
-from tests.images import jpeg
 
 
 @pytest.mark.parametrize(

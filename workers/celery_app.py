@@ -33,9 +33,10 @@ def make_celery(settings: Settings) -> Celery:
         # that is still being worked on.
         broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s},
         broker_connection_retry_on_startup=True,
-        # One process per device: the model is loaded once, decoding runs in a thread pool inside it.
-        worker_pool="solo",
-        worker_concurrency=1,
+        # One process per device, the model loaded once. Tasks run in WORKER_THREADS threads of that process
+        # (default 2), so one batch is decoded while another is on the model or being upserted.
+        worker_pool="threads",
+        worker_concurrency=settings.worker_threads,
     )
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,9 +41,17 @@ class WorkerContext:
     pool: ThreadPoolExecutor
 
 
-@cache
+_context_lock = threading.Lock()
+
+
 def context() -> WorkerContext:
-    """Everything a worker process needs, built once (the model loads here)."""
+    """Everything a worker process needs, built once (the model loads here); shared by its task threads."""
+    with _context_lock:
+        return _build_context()
+
+
+@cache
+def _build_context() -> WorkerContext:
     settings = get_settings()
     embedder = load_embedder(settings)
     backend = make_backend(settings)

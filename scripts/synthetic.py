@@ -1,4 +1,4 @@
-"""Photo-like test images made on the fly (no binary fixtures in the repo)."""
+"""Photo-like images made on the fly, for tests and benchmarks (no binary fixtures in the repo)."""
 
 from __future__ import annotations
 

