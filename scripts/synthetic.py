@@ -36,3 +36,20 @@ def encode(img: Image.Image, fmt: str, **params) -> bytes:
 
 def jpeg(seed: int, size: tuple[int, int] = (320, 240), quality: int = 90) -> bytes:
     return encode(photo(seed, size), "JPEG", quality=quality)
+
+
+def clustered(n: int, dim: int, *, seed: int = 0, latent: int = 24, clusters: int = 40,
+              chunk: int = 100_000) -> np.ndarray:
+    """Unit vectors that look like real embeddings: a Gaussian mixture in a low-dimensional latent space,
+    mapped linearly into `dim` dimensions plus a little noise (see shared notes: isotropic data in 512-d
+    makes all neighbours equidistant and no index looks good or bad for the right reasons)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, latent)) * 3
+    projection = rng.normal(size=(latent, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        points = (centres[rng.integers(0, clusters, m)] + rng.normal(size=(m, latent))).astype(np.float32)
+        mixed = points @ projection + 0.05 * rng.normal(size=(m, dim)).astype(np.float32)
+        out[start:start + m] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    return out

@@ -161,6 +161,9 @@ def main() -> int:
         start_redis(stack, settings.redis_url, data_dir, env)
         if settings.vector_backend == "pgvector" and not settings.database_url:
             start_postgres(stack, data_dir, env)
+        if settings.vector_backend == "manticore" and not settings.manticore_url:
+            sys.exit("VECTOR_BACKEND=manticore needs MANTICORE_URL (mysql://host:9306): Manticore cannot be "
+                     "installed from Debian or PyPI, so `make up` cannot start one. See README, backends.")
         if settings.vector_backend == "milvus" and not settings.milvus_uri.startswith(("http://", "https://")):
             start_milvus_lite(stack, settings.milvus_uri, settings.milvus_lite_port, data_dir, env)
         py = sys.executable

@@ -27,6 +27,20 @@ log = logging.getLogger(__name__)
 _COPY_TYPES = ["text", "vector", "text", "int8", "text", "int4", "int4", "text", "timestamptz"]
 _LOCK_KEY = 0x70726F78  # advisory lock serialising schema changes across processes
 
+# Statement templates: placeholders are filled only with these constant fragments and int literals.
+_SQL = psycopg.sql.SQL
+_INDEXED = {"vector": _SQL("embedding vector_cosine_ops"),
+            "halfvec": _SQL("(embedding::halfvec({dim})) halfvec_cosine_ops")}
+_CREATE_INDEX = _SQL("CREATE INDEX IF NOT EXISTS proxima_images_embedding_hnsw ON proxima_images "
+                     "USING hnsw ({column}) WITH (m = {m}, ef_construction = {ef})")
+_ORDER = {"vector": _SQL("embedding <=> %(q)s"),
+          "halfvec": _SQL("embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})")}
+_SEARCH = _SQL("SELECT id, filename, size_bytes, format, width, height, model, created_at, "
+               "1 - (embedding <=> %(q)s) FROM proxima_images ORDER BY {order} LIMIT %(k)s")
+_SEARCH_RERANK = _SQL("SELECT id, filename, size_bytes, format, width, height, model, created_at, "
+                      "1 - (embedding <=> %(q)s) FROM (SELECT * FROM proxima_images ORDER BY {order} "
+                      "LIMIT %(n)s) AS candidates ORDER BY embedding <=> %(q)s LIMIT %(k)s")
+
 
 def embedded_database_url(settings: Settings) -> str:
     """Start (or attach to) the embedded PostgreSQL under $DATA_DIR/postgres; returns its URL."""
@@ -40,12 +54,20 @@ def embedded_database_url(settings: Settings) -> str:
 class PgVectorBackend:
     name = "pgvector"
 
-    def __init__(self, url: str, *, ef_search: int = 100, hnsw_m: int = 16, hnsw_ef_construction: int = 128,
-                 pool_size: int = 4, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, ef_search: int = 200, hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+                 index_type: str = "halfvec", rerank: int = 0, pool_size: int = 4,
+                 connect_timeout: float = 5.0) -> None:
+        """`index_type` "halfvec" indexes a half-precision copy of each vector (half the memory, faster
+        builds); `rerank` > 0 fetches that many index candidates and orders them by the exact distance."""
+        if index_type not in ("vector", "halfvec"):
+            raise ValueError(f"index_type must be 'vector' or 'halfvec', not {index_type!r}")
         self.url = url
         self.ef_search = ef_search
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
+        self.index_type = index_type
+        self.rerank = rerank
+        self._dim: int | None = None
         self._timeout = connect_timeout
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
@@ -61,6 +83,8 @@ class PgVectorBackend:
             ef_search=settings.pg_ef_search,
             hnsw_m=settings.pg_hnsw_m,
             hnsw_ef_construction=settings.pg_hnsw_ef_construction,
+            index_type=settings.pg_index_type,
+            rerank=settings.pg_rerank,
             pool_size=settings.pg_pool_size,
         )
 
@@ -123,11 +147,47 @@ class PgVectorBackend:
                     " width integer NOT NULL, height integer NOT NULL, model text NOT NULL,"
                     " created_at timestamptz NOT NULL DEFAULT now())"
                 ).format(dim=psycopg.sql.Literal(int(model.dim))))
-                conn.execute(psycopg.sql.SQL(
-                    "CREATE INDEX proxima_images_embedding_hnsw ON proxima_images "
-                    "USING hnsw (embedding vector_cosine_ops) WITH (m = {m}, ef_construction = {ef})"
-                ).format(m=psycopg.sql.Literal(int(self.hnsw_m)),
-                         ef=psycopg.sql.Literal(int(self.hnsw_ef_construction))))
+                # Keep vectors inline in the row (a 512-d vector is just over TOAST's 2 kB threshold):
+                # reading a result's vector is then one page, not a TOAST lookup.
+                conn.execute("ALTER TABLE proxima_images ALTER COLUMN embedding SET STORAGE PLAIN")
+                conn.execute(self._index_sql(model.dim))
+            else:
+                self._adopt_stored_index(conn)
+            self._dim = model.dim
+
+    def _index_sql(self, dim: int) -> psycopg.sql.Composed:
+        # numbers come from settings and the model config (ints), never from a client
+        return _CREATE_INDEX.format(
+            column=_INDEXED[self.index_type].format(dim=psycopg.sql.Literal(int(dim))),
+            m=psycopg.sql.Literal(int(self.hnsw_m)), ef=psycopg.sql.Literal(int(self.hnsw_ef_construction)))
+
+    def _adopt_stored_index(self, conn: psycopg.Connection) -> None:
+        row = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'proxima_images_embedding_hnsw'").fetchone()
+        if row is None:
+            return
+        stored = "halfvec" if "halfvec" in row[0] else "vector"
+        if stored != self.index_type:
+            log.warning("the existing HNSW index is on %s (PG_INDEX_TYPE=%s): searching it as it is; drop the "
+                        "index and rebuild it to switch", stored, self.index_type)
+            self.index_type = stored
+
+    def drop_index(self) -> None:
+        """For bulk loads: drop the HNSW index (re-create it with `create_index`, much faster than inserting
+        a million vectors into a live index)."""
+        with self._connection() as conn, conn.transaction():
+            conn.execute("DROP INDEX IF EXISTS proxima_images_embedding_hnsw")
+
+    def create_index(self, *, maintenance_work_mem: str = "2GB", parallel_workers: int = 2) -> None:
+        """Build the HNSW index over the rows present, using `parallel_workers` extra processes."""
+        with self._connection() as conn:
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+            conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(parallel_workers),))
+            conn.execute(self._index_sql(self._stored_dim(conn)))
+            conn.commit()
+            conn.execute("RESET maintenance_work_mem")
+            conn.execute("RESET max_parallel_maintenance_workers")
+            conn.commit()
 
     @staticmethod
     def _stored_dim(conn: psycopg.Connection) -> int | None:
@@ -171,16 +231,23 @@ class PgVectorBackend:
     def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = ()) -> list[Hit]:
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
         limit = k + len(exclude)
+        candidates = max(self.rerank, limit)
         with self._connection() as conn, conn.transaction():
-            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, limit)),))
-            rows = conn.execute(
-                "SELECT id, filename, size_bytes, format, width, height, model, created_at, "
-                "1 - (embedding <=> %s) AS score FROM proxima_images ORDER BY embedding <=> %s LIMIT %s",
-                (query, query, limit),
-            ).fetchall()
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)",
+                         (str(min(1000, max(self.ef_search, candidates))),))
+            rows = conn.execute(self._search_sql(conn), {"q": query, "k": limit, "n": candidates}).fetchall()
         skip = set(exclude)
         hits = [Hit(record=ImageRecord(*row[:8]), score=float(row[8])) for row in rows if row[0] not in skip]
+        # A halfvec index orders by half-precision distance; the scores are exact, so order by them.
+        hits.sort(key=lambda hit: -hit.score)
         return hits[:k]
+
+    def _search_sql(self, conn: psycopg.Connection) -> psycopg.sql.Composed:
+        """Nearest first by the index's own distance; with `rerank`, candidates re-ordered exactly."""
+        if self.index_type == "halfvec" and self._dim is None:
+            self._dim = self._stored_dim(conn)
+        order = _ORDER[self.index_type].format(dim=psycopg.sql.Literal(int(self._dim or 0)))
+        return (_SEARCH_RERANK if self.rerank else _SEARCH).format(order=order)
 
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         if not ids:

@@ -17,7 +17,7 @@ import pytest
 
 from shared.backends import VectorBackend
 
-BACKENDS = ["pgvector", "milvus", "manticore"]
+BACKENDS = ["pgvector", "pgvector_halfvec", "milvus", "manticore"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -65,6 +65,14 @@ def fresh_pg_url(pg_url: str) -> Iterator[str]:
 @pytest.fixture
 def pgvector_factory(fresh_pg_url: str) -> Iterator[Factory]:
     factory = Factory(("pgvector", {"url": fresh_pg_url}))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def pgvector_halfvec_factory(fresh_pg_url: str) -> Iterator[Factory]:
+    """pgvector with a half-precision index and exact re-ranking (PG_INDEX_TYPE=halfvec, PG_RERANK)."""
+    factory = Factory(("pgvector", {"url": fresh_pg_url, "index_type": "halfvec", "rerank": 40}))
     yield factory
     factory.close()
 
