@@ -216,6 +216,15 @@ def search_text(text: str, k: int, *, embedder: Embedder, backend: VectorBackend
     return backend.search(embedder.encode_text([text])[0], k)
 
 
+def search_similar(image_id: str, k: int, *, backend: VectorBackend) -> list[Hit] | None:
+    """The k images most like an indexed one, from its stored vector (no re-embedding), itself excluded.
+    None if the id is not indexed."""
+    vector = backend.get_vectors([image_id]).get(image_id)
+    if vector is None:
+        return None
+    return backend.search(vector, k, exclude=[image_id])
+
+
 def delete_image(image_id: str, *, images: ImageStore, backend: VectorBackend) -> bool:
     """Remove the vector and the file; True if either existed."""
     removed_vector = backend.delete([image_id]) > 0

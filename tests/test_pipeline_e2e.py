@@ -189,3 +189,28 @@ def test_top_k_as_query_parameter(client, uploaded):
     wait_job(client, body["job_id"])
     response = client.post("/search?top_k=2", files={"file": ("q.jpg", jpeg(1))})
     assert response.status_code == 200 and len(response.json()["results"]) == 2
+
+
+def test_more_like_this_uses_the_stored_vector_and_excludes_itself(client, uploaded):
+    good, body = uploaded
+    wait_job(client, body["job_id"])
+    first = body["images"][0]["id"]
+    response = client.get(f"/images/{first}/similar?top_k=3")
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 3 and first not in {r["id"] for r in results}
+    direct = search(client, good["beach.jpg"], top_k=4).json()["results"]
+    assert [r["id"] for r in direct[1:]] == [r["id"] for r in results]  # same neighbours as a fresh search
+    assert client.get(f"/images/{'0' * 64}/similar").status_code == 404
+    assert client.get("/images/nope/similar").status_code == 404
+    assert client.get(f"/images/{first}/similar?top_k=0").status_code == 422
+
+
+def test_text_search(client, uploaded):
+    wait_job(client, uploaded[1]["job_id"])
+    response = client.post("/search/text", json={"text": "a photo of a beach", "top_k": 3})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 3 and all(-1 <= r["score"] <= 1 for r in results)
+    for bad in ({"text": ""}, {"text": "   "}, {"text": "x" * 1001}, {"text": "ok", "top_k": 0}, {}):
+        assert client.post("/search/text", json=bad).status_code == 422, bad

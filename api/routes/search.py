@@ -3,15 +3,17 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from api.deps import ServicesDep
 from shared.backends import Hit
-from shared.pipeline import search_image
+from shared.imagestore import is_image_id
+from shared.pipeline import search_image, search_similar, search_text
 
 router = APIRouter(tags=["search"])
+MAX_TEXT_CHARS = 1000
 
 
 class SearchResult(BaseModel):
@@ -53,6 +55,39 @@ async def search(file: Annotated[UploadFile, File(description="the query image")
     data = await file.read()
     hits = await run_in_threadpool(search_image, data, top_k, embedder=services.embedder,
                                    backend=services.backend, max_pixels=services.settings.max_image_pixels)
+    return to_response(hits, started)
+
+
+class TextQuery(BaseModel):
+    text: str = Field(max_length=MAX_TEXT_CHARS, description="a description of the images to find")
+    top_k: int = Field(10, ge=1, le=1000)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text is empty")
+        return value.strip()
+
+
+@router.post("/search/text", response_model=SearchResponse)
+async def search_by_text(query: TextQuery, services: ServicesDep) -> SearchResponse:
+    """Images matching a text, through CLIP's text encoder (same model, same result shape as `/search`).
+    CLIP reads about the first 75 words' tokens; longer texts are refused."""
+    started = time.perf_counter()
+    hits = await run_in_threadpool(search_text, query.text, query.top_k, embedder=services.embedder,
+                                   backend=services.backend)
+    return to_response(hits, started)
+
+
+@router.get("/images/{image_id}/similar", response_model=SearchResponse)
+def more_like_this(image_id: str, services: ServicesDep,
+                   top_k: Annotated[int, Query(ge=1, le=1000)] = 10) -> SearchResponse:
+    """Images like an indexed one, from its stored vector (no re-embedding); the image itself is left out."""
+    started = time.perf_counter()
+    hits = search_similar(image_id, top_k, backend=services.backend) if is_image_id(image_id) else None
+    if hits is None:
+        raise HTTPException(404, f"no indexed image with id {image_id[:80]!r}")
     return to_response(hits, started)
 
 
