@@ -1,0 +1,62 @@
+"""Docker Compose and the Dockerfiles, checked statically (no Docker engine runs on our machines)."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from scripts.devservices import REPO
+from shared.config import Settings
+from tests.test_config import example_vars
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+APP_SERVICES = ("api", "worker", "flower")
+
+
+def test_every_compose_variable_is_documented():
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (REPO / "docker-compose.yml").read_text()))
+    assert used - set(example_vars()) == set()
+
+
+def test_every_setting_reaches_the_app_containers():
+    fields = {name.upper() for name in Settings.model_fields}
+    for service in APP_SERVICES:
+        env = set(COMPOSE["services"][service]["environment"])
+        missing = fields - env - {"API_HOST", "API_PORT", "FLOWER_PORT", "MILVUS_LITE_PORT"}
+        assert not missing, f"{service} lacks {sorted(missing)}"
+
+
+def test_services_volumes_profiles_and_health():
+    services = COMPOSE["services"]
+    assert {"redis", "postgres", "milvus", "manticore", "api", "worker", "flower"} <= set(services)
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source in COMPOSE["volumes"], f"{name}: volume {source} not declared"
+        assert service.get("restart") == "unless-stopped", name
+    for backend, profile in (("postgres", "pgvector"), ("milvus", "milvus"), ("manticore", "manticore")):
+        assert services[backend]["profiles"] == [profile]
+        assert "healthcheck" in services[backend]
+        for app in ("api", "worker"):
+            assert services[app]["depends_on"][backend] == {"condition": "service_healthy", "required": False}
+    assert "appendonly" in " ".join(services["redis"]["command"])
+    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_dockerfiles_copy_what_exists_and_start_real_entry_points():
+    for name in ("Dockerfile.api", "Dockerfile.worker"):
+        text = (REPO / name).read_text()
+        for source in re.findall(r"^COPY (\S+) ", text, flags=re.M):
+            assert (REPO / source).exists(), f"{name} copies missing {source}"
+        assert re.search(r"^USER proxima$", text, flags=re.M), f"{name} must not run as root"
+        assert "HEALTHCHECK" in text
+        assert text.index("pip install") < text.index("COPY shared"), "dependencies before code"
+    assert "api.main:app" in (REPO / "Dockerfile.api").read_text()
+    assert "workers.celery_app" in (REPO / "Dockerfile.worker").read_text()
+    import api.main  # noqa: F401  the entry points exist
+    import workers.celery_app  # noqa: F401
+
+
+def test_no_github_actions():
+    assert not (REPO / ".github").exists()
