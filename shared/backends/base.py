@@ -12,6 +12,7 @@ Backends translate their driver's errors into these at the boundary, so callers 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -31,6 +32,20 @@ class BackendUnavailable(BackendError):
 
 class SchemaMismatch(BackendError):
     pass
+
+
+@contextmanager
+def translate_errors(database: str, *, unavailable: tuple[type[BaseException], ...],
+                     failed: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Turn a driver's exceptions into BackendUnavailable (`unavailable`) or BackendError (`failed`)."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except unavailable as exc:
+        raise BackendUnavailable(f"{database} is unreachable: {exc}") from exc
+    except failed as exc:
+        raise BackendError(f"{database} error: {exc}") from exc
 
 
 @dataclass(frozen=True)

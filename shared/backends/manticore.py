@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pymysql
 
-from shared.backends.base import BackendError, BackendUnavailable, Hit, ImageRecord, SchemaMismatch
+from shared.backends.base import BackendError, Hit, ImageRecord, SchemaMismatch, translate_errors
 from shared.config import Settings
 from shared.embedder import ModelInfo
 
@@ -449,16 +449,9 @@ class ManticoreBackend:
             cur.execute(self._sql("DROP TABLE IF EXISTS {meta}"))
 
 
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    try:
-        yield
-    except BackendError:
-        raise
-    except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-        raise BackendUnavailable(f"Manticore is unreachable: {exc}") from exc
-    except pymysql.err.Error as exc:
-        raise BackendError(f"Manticore error: {exc}") from exc
+def _translate_errors():
+    return translate_errors("Manticore", unavailable=(pymysql.err.OperationalError, pymysql.err.InterfaceError),
+                            failed=(pymysql.err.Error,))
 
 
 def _close_quietly(conn: pymysql.connections.Connection) -> None:

@@ -18,7 +18,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared.backends.base import BackendError, BackendUnavailable, Hit, ImageRecord, SchemaMismatch
+from shared.backends.base import Hit, ImageRecord, SchemaMismatch, translate_errors
 from shared.config import Settings
 from shared.embedder import ModelInfo
 
@@ -299,16 +299,8 @@ class PgVectorBackend:
             after = rows[-1][0]
 
 
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    try:
-        yield
-    except BackendError:
-        raise
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        raise BackendUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
-    except psycopg.Error as exc:
-        raise BackendError(f"PostgreSQL error: {exc}") from exc
+def _translate_errors():
+    return translate_errors("PostgreSQL", unavailable=(PoolTimeout, psycopg.OperationalError), failed=(psycopg.Error,))
 
 
 def _as_array(value) -> np.ndarray:
