@@ -97,6 +97,8 @@ class JobStore:
 
     def mark_running(self, job_id: str) -> None:
         key = self._keys(job_id)[0]
+        if not self.redis.exists(key):
+            return  # an expired or foreign job: don't create a partial record
         if self.redis.hsetnx(key, "started_at", time.time()):
             self.redis.hset(key, "state", "running")
             self.redis.expire(key, self.ttl_s)
@@ -139,6 +141,8 @@ class JobStore:
         if not fields:
             return None
         f = {k.decode(): v.decode() for k, v in fields.items()}
+        if "kind" not in f:
+            return None  # not a job record we wrote
         job: dict[str, Any] = {"job_id": job_id, "kind": f["kind"], "state": f["state"]}
         job.update({name: int(f.get(name, 0)) for name in COUNTERS})
         job["errors"] = [json.loads(e) for e in errors]
