@@ -162,14 +162,13 @@ class SqliteManifest:
         self._lock = threading.Lock()
 
     def lookup(self, files: Sequence[FileRef]) -> list[str | None]:
+        out: list[str | None] = []
         with self._lock:
-            rows = {}
             for f in files:
                 row = self._db.execute("SELECT size, mtime_ns, image_id FROM files WHERE path = ?",
                                        (f.path,)).fetchone()
-                rows[f.path] = row
-        return [row[2] if row and (row[0], row[1]) == (f.size, f.mtime_ns) else None
-                for f in files for row in [rows[f.path]]]
+                out.append(row[2] if row and (row[0], row[1]) == (f.size, f.mtime_ns) else None)
+        return out
 
     def record(self, entries: Sequence[tuple[FileRef, str]]) -> None:
         with self._lock, self._db:

@@ -53,6 +53,7 @@ class MilvusBackend:
         self._timeout = timeout
         self._client = None
         self._lock = threading.Lock()
+        self._collection_seen = False  # once it exists, reads skip the has_collection round trip
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MilvusBackend:
@@ -78,8 +79,10 @@ class MilvusBackend:
         from pymilvus.exceptions import MilvusException
 
         with self._conn() as client:
-            if not client.has_collection(self.collection):
-                return None
+            if not self._collection_seen:
+                if not client.has_collection(self.collection):
+                    return None
+                self._collection_seen = True
             try:
                 return op(client)
             except MilvusException as exc:
