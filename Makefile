@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up test lint redis-server clean
+.PHONY: venv up test lint redis-server chromium clean
 
 venv: $(STAMP)
 
@@ -18,14 +18,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-# Installs Debian's redis-server when it is missing and we may (root, or password-less sudo).
+# Debian packages, installed when missing and we may (root, or password-less sudo).
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || sh scripts/install_redis.sh
+	@command -v redis-server >/dev/null 2>&1 || sh scripts/install_apt.sh redis-server
+
+# The browser the UI test drives (through Playwright, with this executable).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || sh scripts/install_apt.sh chromium
 
 up: venv redis-server
 	$(PY) scripts/up.py
 
-test: venv redis-server
+test: venv redis-server chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

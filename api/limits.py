@@ -1,4 +1,8 @@
-"""Refuse request bodies over MAX_UPLOAD_MB before they are read (a pure ASGI middleware)."""
+"""Refuse request bodies over MAX_UPLOAD_MB before they are read (a pure ASGI middleware).
+
+Paths under `exempt` (the Gradio page, which streams each file to disk and limits each file to
+MAX_UPLOAD_MB itself) are let through, so one page upload may carry many photos.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from api.deps import Services
 from api.limits import BodySizeLimit
@@ -20,9 +20,12 @@ from shared.imagestore import ImageStore
 from shared.imaging import ImageError
 from shared.ingest import RedisManifest
 from shared.jobs import JobStore
+from ui.app import mount as mount_ui
+from ui.service import LocalService
 from workers.celery_app import make_celery
 
 log = logging.getLogger("api")
+UI_PATH = "/ui"
 
 
 def build_services(settings: Settings) -> Services:
@@ -65,9 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, exempt=(f"{UI_PATH}/",))
     for module in (images, search, ingest, jobs, health):
         app.include_router(module.router)
+    app.add_api_route("/", lambda: RedirectResponse(f"{UI_PATH}/"), include_in_schema=False)
 
     @app.exception_handler(ImageError)
     async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
@@ -89,7 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": f"job queue (Redis) unavailable, try again shortly: {exc}"},
                             status_code=503, headers={"Retry-After": "5"})
 
-    return app
+    flower = settings.flower_url or f":{settings.flower_port}"
+    return mount_ui(app, LocalService(lambda: app.state.services, flower_url=flower), path=UI_PATH,
+                    allowed_paths=[str(settings.images_dir)], max_file_size=f"{settings.max_upload_mb}mb")
 
 
 app = create_app()

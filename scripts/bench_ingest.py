@@ -79,7 +79,7 @@ def pipeline(settings, folder: Path, n: int) -> float:
     from shared.backends import make_backend
     from shared.ingest import RedisManifest, walk_folder
     from shared.jobs import JobStore
-    from workers.celery_app import INGEST_FILES, QUEUE, make_celery
+    from workers.celery_app import INGEST_FILES, QUEUE, make_celery, send_batch
 
     client = redis.Redis.from_url(settings.redis_url)
     jobs = JobStore(client)
@@ -88,7 +88,7 @@ def pipeline(settings, folder: Path, n: int) -> float:
     started = time.perf_counter()
     walk_folder(folder, job_id, recursive=False, batch_size=settings.batch_size, jobs=jobs,
                 backend=make_backend(settings), manifest=RedisManifest(client),
-                enqueue=lambda j, key, items: celery.send_task(INGEST_FILES, args=[j, key, items]),
+                enqueue=lambda j, key, items: send_batch(celery, INGEST_FILES, j, key, items),
                 queue_depth=lambda: int(client.llen(QUEUE)), max_queued=settings.ingest_max_queued)
     while (job := jobs.get(job_id))["state"] not in ("completed", "completed_with_errors", "failed"):
         time.sleep(0.05)

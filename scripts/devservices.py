@@ -87,31 +87,70 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait()
 
 
-class Worker:
-    """A real `celery worker` process with the given environment; its log goes to a file."""
+class _Process:
+    """A project process with the given environment; its output goes to a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    what = "process"
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         full_env = {**os.environ, **env, "C_FORCE_ROOT": "1", "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
-             "--without-gossip", "--without-mingle", "-n", f"test-{os.getpid()}-{free_port()}@%h"],
-            cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        wait_for(self._ready, timeout=90, what="celery worker")
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        wait_for(self._check_ready, timeout=90, what=self.what)
 
-    def _ready(self) -> bool:
+    def _check_ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-        return b" ready." in self.log_path.read_bytes()
+            raise RuntimeError(f"{self.what} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return self.ready()
+
+    def ready(self) -> bool:
+        raise NotImplementedError
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as in a crash."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
     def stop(self) -> None:
         stop(self.proc, timeout=30)
         self._log.close()
+
+
+class Worker(_Process):
+    """A real `celery worker` process."""
+
+    what = "celery worker"
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(["-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
+                          "--without-gossip", "--without-mingle", "-n", f"test-{os.getpid()}-{free_port()}@%h"],
+                         env, log_path)
+
+    def ready(self) -> bool:
+        return b" ready." in self.log_path.read_bytes()
+
+
+class Api(_Process):
+    """A real API process (`uvicorn api.main:app`) on a free loopback port; `url` is its base URL."""
+
+    what = "API"
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+                          "--log-level", "warning"], env, log_path)
+
+    def ready(self) -> bool:
+        import httpx
+
+        return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
 
 
 def start_milvus_lite(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:

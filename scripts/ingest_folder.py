@@ -61,7 +61,7 @@ def run_local(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from shared.config import get_settings
     from shared.ingest import RedisManifest, walk_folder
     from shared.jobs import JobStore
-    from workers.celery_app import INGEST_FILES, QUEUE, make_celery
+    from workers.celery_app import INGEST_FILES, QUEUE, make_celery, send_batch
 
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
@@ -84,7 +84,7 @@ def run_local(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         stats = walk_folder(
             folder, job_id, recursive=args.recursive, batch_size=args.batch_size or settings.batch_size,
             jobs=jobs, backend=make_backend(settings), manifest=RedisManifest(client),
-            enqueue=lambda j, key, items: celery.send_task(INGEST_FILES, args=[j, key, items]),
+            enqueue=lambda j, key, items: send_batch(celery, INGEST_FILES, j, key, items),
             queue_depth=lambda: int(client.llen(QUEUE)), max_queued=settings.ingest_max_queued,
             on_progress=show,
         )

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     flower_port: int = Field(5555, ge=1, le=65535)
+    flower_url: str = ""  # Flower's address for the UI's link; empty: this host, FLOWER_PORT
     max_upload_mb: int = Field(100, ge=1)
     max_files_per_request: int = Field(1000, ge=1)
     max_image_pixels: int = Field(100_000_000, ge=1)

@@ -1,7 +1,8 @@
 """Content-addressed image files under `$DATA_DIR/images/`.
 
 An image's id is the SHA-256 hex digest of its bytes; the file lives at `ab/cd/<id>` (two fan-out
-levels keep directories small at a million images). Writes go to a temporary file in the same
+levels keep directories small at a million images). Small WebP thumbnails for result pages are made on
+first use under `.thumbs/`. Writes go to a temporary file in the same
 filesystem and are renamed into place, so a reader never sees half a file. Paths are derived only from
 validated ids, never from anything a client sent.
 """
@@ -14,7 +15,10 @@ import re
 import tempfile
 from pathlib import Path
 
+from shared.imaging import thumbnail_webp
+
 _ID_RE = re.compile(r"[0-9a-f]{64}")
+THUMBNAIL_SIDE = 320
 
 
 def is_image_id(value: str) -> bool:
@@ -30,6 +34,7 @@ class ImageStore:
         self.root = Path(root)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self._thumbs = self.root / ".thumbs"
 
     def path(self, image_id: str) -> Path:
         """Where the image with this id lives; raises ValueError for anything but a SHA-256 hex id."""
@@ -49,6 +54,11 @@ class ImageStore:
         target = self.path(image_id)
         if target.is_file():
             return image_id, False
+        self._write(target, data, sync=sync)
+        return image_id, True
+
+    def _write(self, target: Path, data: bytes, *, sync: bool) -> None:
+        """Write through a temporary file and rename, so readers never see half a file."""
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="up-")
         try:
@@ -61,7 +71,6 @@ class ImageStore:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return image_id, True
 
     @staticmethod
     def sync_all() -> None:
@@ -71,7 +80,18 @@ class ImageStore:
     def read(self, image_id: str) -> bytes:
         return self.path(image_id).read_bytes()
 
+    def thumbnail(self, image_id: str, side: int = THUMBNAIL_SIDE) -> Path:
+        """A WebP thumbnail of a stored image, made on first use. FileNotFoundError if the image is not
+        stored, ImageError if it cannot be decoded."""
+        target = self._thumbs / image_id[:2] / f"{image_id}-{side}.webp"
+        if not target.is_file():
+            # no fsync: a lost thumbnail is simply made again
+            self._write(target, thumbnail_webp(self.path(image_id), side), sync=False)
+        return target
+
     def delete(self, image_id: str) -> bool:
+        for thumb in (self._thumbs / image_id[:2]).glob(f"{image_id}-*.webp") if is_image_id(image_id) else ():
+            thumb.unlink(missing_ok=True)
         try:
             self.path(image_id).unlink()
         except FileNotFoundError:

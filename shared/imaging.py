@@ -86,6 +86,15 @@ def load_image(data: bytes | Path, *, min_side: int = 224, max_pixels: int = 100
     return LoadedImage(image=rgb, format=fmt, width=width, height=height)
 
 
+def thumbnail_webp(data: bytes | Path, side: int) -> bytes:
+    """A WebP no larger than side×side (aspect kept) of an image, upright, for result galleries."""
+    img = load_image(data, min_side=side, max_pixels=2**62).image  # stored images passed the size check
+    img.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    out = io.BytesIO()
+    img.save(out, format="WEBP", quality=80, method=4)
+    return out.getvalue()
+
+
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     """Resize the shortest side to `size` (bicubic), centre-crop to size×size; uint8 HWC array."""
     width, height = image.size

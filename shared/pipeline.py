@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # enqueue(job_id, batch_key, items): hand one batch of {"id", "filename"} items to the workers
 Enqueue = Callable[[str, str, list[dict[str, str]]], None]
 
+MAX_QUERY_CHARS = 1000  # CLIP reads about 75 words; longer texts are refused rather than cut silently
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -211,9 +212,19 @@ def search_image(
     return backend.search(vector, k)
 
 
+def check_query_text(text: str) -> str:
+    """The text stripped; ValueError if it is empty or longer than MAX_QUERY_CHARS."""
+    text = text.strip()
+    if not text:
+        raise ValueError("the text is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(f"the text is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+    return text
+
+
 def search_text(text: str, k: int, *, embedder: Embedder, backend: VectorBackend) -> list[Hit]:
-    """The k indexed images that best match a text description."""
-    return backend.search(embedder.encode_text([text])[0], k)
+    """The k indexed images that best match a text description (ValueError if empty or too long)."""
+    return backend.search(embedder.encode_text([check_query_text(text)])[0], k)
 
 
 def search_similar(image_id: str, k: int, *, backend: VectorBackend) -> list[Hit] | None:

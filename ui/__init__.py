@@ -1,1 +1,1 @@
-"""The Gradio web UI (mounted into the API at /ui). Not built yet: it is tracked as its own issue."""
+"""The Gradio web page: mounted into the API at /ui, or run alone with `python -m ui --api URL`."""

@@ -14,6 +14,14 @@ EMBED_BATCH = "proxima.embed_batch"  # args: job id, batch key, [{"id", "filenam
 INGEST_FILES = "proxima.ingest_files"  # args: job id, batch key, [{"path", "size", "mtime_ns"}] of a folder
 
 
+def send_batch(app: Celery, task: str, job_id: str, batch_key: str, items: list[dict]) -> None:
+    """Queue one batch. Flower and the logs show a one-line summary (job, batch, count, first file), not the
+    whole item list."""
+    first = items[0].get("filename") or items[0].get("path", "") if items else ""
+    app.send_task(task, args=[job_id, batch_key, items],
+                  argsrepr=f"job={job_id} batch={batch_key} images={len(items)} first={str(first)[-80:]!r}")
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("proxima", broker=settings.redis_url, include=["workers.tasks"])
     app.conf.update(
@@ -33,6 +41,9 @@ def make_celery(settings: Settings) -> Celery:
         # that is still being worked on.
         broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # Events let Flower show each batch (its argsrepr summary, state, runtime) as it happens.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         # One process per device, the model loaded once. Tasks run in WORKER_THREADS threads of that process
         # (default 2), so one batch is decoded while another is on the model or being upserted.
         worker_pool="threads",

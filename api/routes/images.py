@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from api.deps import Services, ServicesDep
 from shared.imagestore import is_image_id
 from shared.imaging import MIME_TYPES, ImageError, probe
-from shared.pipeline import Accepted, Upload, accept_uploads, delete_image
+from shared.pipeline import Accepted, Upload, delete_image
 
 router = APIRouter(tags=["images"])
 
@@ -48,11 +48,7 @@ async def _accept(services: Services, files: list[UploadFile],
     for f in files:
         uploads.append(Upload(filename=f.filename or "", data=await f.read()))
         await f.close()
-    return await run_in_threadpool(
-        accept_uploads, uploads, images=services.images, backend=services.backend, jobs=services.jobs,
-        enqueue=services.enqueue, batch_size=services.settings.batch_size,
-        max_pixels=services.settings.max_image_pixels, job_id=job_id,
-    )
+    return await run_in_threadpool(services.accept, uploads, job_id)
 
 
 @router.post("/images", status_code=202, response_model=UploadResponse)
@@ -94,6 +90,19 @@ def get_image(image_id: str, services: ServicesDep) -> FileResponse:
     except ImageError:
         media_type = "application/octet-stream"
     return FileResponse(path, media_type=media_type,
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+@router.get("/images/{image_id}/thumbnail", response_class=FileResponse,
+            responses={200: {"content": {"image/webp": {}}, "description": "a small WebP of the image"}})
+def get_thumbnail(image_id: str, services: ServicesDep) -> FileResponse:
+    """A WebP at most 320 pixels on its long side, made on first request (what result pages show)."""
+    _stored_path(services, image_id)
+    try:
+        path = services.images.thumbnail(image_id)
+    except FileNotFoundError:
+        raise HTTPException(404, f"no image with id {image_id}") from None
+    return FileResponse(path, media_type="image/webp",
                         headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 

@@ -10,10 +10,9 @@ from pydantic import BaseModel, Field, field_validator
 from api.deps import ServicesDep
 from shared.backends import Hit
 from shared.imagestore import is_image_id
-from shared.pipeline import search_image, search_similar, search_text
+from shared.pipeline import MAX_QUERY_CHARS, check_query_text, search_image, search_similar, search_text
 
 router = APIRouter(tags=["search"])
-MAX_TEXT_CHARS = 1000
 
 
 class SearchResult(BaseModel):
@@ -21,6 +20,7 @@ class SearchResult(BaseModel):
     score: float  # cosine similarity, higher is more similar
     filename: str
     image_url: str
+    thumbnail_url: str
 
 
 class SearchResponse(BaseModel):
@@ -42,7 +42,7 @@ TopK = Annotated[int, Depends(top_k_param)]
 def to_response(hits: list[Hit], started: float) -> SearchResponse:
     return SearchResponse(
         results=[SearchResult(id=h.id, score=round(h.score, 6), filename=h.record.filename,
-                              image_url=f"/images/{h.id}") for h in hits],
+                              image_url=f"/images/{h.id}", thumbnail_url=f"/images/{h.id}/thumbnail") for h in hits],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 
@@ -59,15 +59,13 @@ async def search(file: Annotated[UploadFile, File(description="the query image")
 
 
 class TextQuery(BaseModel):
-    text: str = Field(max_length=MAX_TEXT_CHARS, description="a description of the images to find")
+    text: str = Field(max_length=MAX_QUERY_CHARS, description="a description of the images to find")
     top_k: int = Field(10, ge=1, le=1000)
 
     @field_validator("text")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text is empty")
-        return value.strip()
+    def _usable(cls, value: str) -> str:
+        return check_query_text(value)
 
 
 @router.post("/search/text", response_model=SearchResponse)

@@ -1,0 +1,233 @@
+"""The Gradio page, driven in headless Chromium (Debian's `chromium`, through Playwright) against real API
+processes: mounted at /ui, and standalone (`python -m ui --api URL`). Plus its service layer and texts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scripts.devservices import REPO, Api, free_port, stop, wait_for
+from scripts.synthetic import jpeg
+from ui.app import _status
+from ui.service import LocalService, RemoteService, ServiceError
+from ui.text import TEXTS, language
+
+OUTPUT = Path(os.environ.get("PROXIMA_TEST_OUTPUT", REPO / "test-output"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FILENAMES = [f"page-{n}.jpg" for n in range(6)]
+SEED = 61_000  # the stack is shared with other tests: seeds no other test uses
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ui-roots")
+    (root / "album").mkdir()
+    for n in range(3):
+        (root / "album" / f"folder-{n}.jpg").write_bytes(jpeg(SEED + 100 + n))
+    (root / "album" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def api(stack_env, worker, roots, tmp_path_factory):
+    server = Api({**stack_env, "INGEST_ROOTS": str(roots)}, tmp_path_factory.mktemp("logs") / "ui-api.log")
+    files = [("files", (name, jpeg(SEED + n))) for n, name in enumerate(FILENAMES)]
+    job_id = httpx.post(f"{server.url}/images", files=files, timeout=30).json()["job_id"]
+    wait_for(lambda: httpx.get(f"{server.url}/jobs/{job_id}").json()["state"] == "completed", 60, "indexing")
+    yield server
+    server.stop()
+
+
+@contextlib.contextmanager
+def standalone_ui(api_url: str, log_path: Path) -> Iterator[str]:
+    """`python -m ui --api URL` on its own port; yields the page's URL."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ui", "--api", api_url, "--port", str(port)], cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            wait_for(lambda: httpx.get(url, timeout=5).status_code == 200, 90, "standalone UI")
+            yield url
+        finally:
+            stop(proc)
+
+
+@pytest.fixture(scope="module")
+def standalone(api, tmp_path_factory):
+    with standalone_ui(api.url, tmp_path_factory.mktemp("logs") / "ui.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, locale: str = "en-US"):
+    page = browser.new_page(locale=locale, viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.wait_for_selector("#px-query-image")
+    return page
+
+
+def message(page) -> str:
+    return page.locator("#px-search-message").inner_text()
+
+
+@pytest.mark.parametrize("where", ["mounted", "standalone"])
+def test_search_by_upload_shows_the_same_image_first(browser, api, request, where, tmp_path):
+    url = f"{api.url}/ui/" if where == "mounted" else request.getfixturevalue("standalone")
+    query = tmp_path / "query.jpg"
+    query.write_bytes(jpeg(SEED + 2))  # the same bytes as page-2.jpg
+    expected_id = httpx.post(f"{api.url}/search", files={"file": query.read_bytes()}).json()["results"][0]["id"]
+    page = open_page(browser, url)
+    started = time.perf_counter()
+    page.locator("#px-query-image input[type=file]").set_input_files(str(query))
+    page.wait_for_selector("#px-results img")
+    shown_after = time.perf_counter() - started
+    first = page.locator("#px-results img").first
+    assert first.get_attribute("alt").endswith("· page-2.jpg")
+    assert first.get_attribute("alt").startswith(("1.000", "0.99"))
+    assert expected_id in first.get_attribute("src")  # the tile is that image's thumbnail
+    assert page.locator("#px-results img").count() >= len(FILENAMES)
+    assert "results in" in message(page)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"ui-search-{where}.png"), full_page=True)
+    print(f"{where}: gallery shown {shown_after:.2f} s after the upload")
+    page.close()
+
+
+def test_clicking_a_result_shows_more_like_it(browser, api):
+    page = open_page(browser, f"{api.url}/ui/")
+    page.locator("#px-query-text textarea").fill("colourful shapes")
+    page.locator("#px-search-text").click()
+    page.wait_for_selector("#px-results img")
+    clicked = page.locator("#px-results img").first.get_attribute("alt").split(" · ", 1)[1]
+    page.locator("#px-results img").first.click()
+    page.wait_for_function("document.querySelector('#px-search-message').innerText.includes('images like')")
+    assert clicked in message(page)
+    captions = [img.get_attribute("alt") for img in page.locator("#px-results img").all()]
+    assert captions and not any(c.endswith(f"· {clicked}") for c in captions)
+    page.close()
+
+
+def test_upload_tab_follows_the_job_and_lists_errors(browser, api, tmp_path):
+    good, bad = tmp_path / "new-photo.jpg", tmp_path / "letter.jpg"
+    good.write_bytes(jpeg(SEED + 200))
+    bad.write_text("Dear operator, this is not a photo.")
+    page = open_page(browser, f"{api.url}/ui/")
+    page.get_by_role("tab", name="Add images").click()
+    page.locator("#px-upload-files input[type=file]").set_input_files([str(good), str(bad)])
+    page.locator("#px-upload-files").get_by_text("letter", exact=True).wait_for()  # name and extension are shown apart
+    page.locator("#px-upload").click()
+    done = page.wait_for_selector("#px-job-progress .px-progress[data-state=completed_with_errors]")
+    assert (done.get_attribute("data-done"), done.get_attribute("data-failed")) == ("1", "1")
+    assert page.locator("#px-job-progress progress").get_attribute("value") == "2"
+    errors = page.locator("#px-job-errors").inner_text()
+    assert "letter.jpg" in errors and "plain text" in errors
+    page.close()
+
+
+def test_folder_ingest_from_the_page(browser, api, roots):
+    page = open_page(browser, f"{api.url}/ui/")
+    page.get_by_role("tab", name="Add images").click()
+    page.locator("#px-folder textarea, #px-folder input").first.fill("/etc")
+    page.locator("#px-ingest-folder").click()
+    refused = page.wait_for_selector("#px-job-progress .px-error")
+    assert "Not allowed" in refused.inner_text() and "Traceback" not in refused.inner_text()
+    page.locator("#px-folder textarea, #px-folder input").first.fill(str(roots / "album"))
+    page.locator("#px-ingest-folder").click()
+    done = page.wait_for_selector("#px-job-progress .px-progress[data-state=completed]")
+    assert done.get_attribute("data-done") == "3"
+    assert "1 skipped" in done.inner_text()
+    page.close()
+
+
+def test_status_tab_and_spanish_labels(browser, api):
+    page = open_page(browser, f"{api.url}/ui/", locale="es-ES")
+    assert page.locator("#px-search-image").inner_text() == "Buscar por imagen"
+    page.get_by_role("tab", name="Estado").click()
+    status = page.locator("#px-status")
+    page.wait_for_function("document.querySelector('#px-status').innerText.includes('pgvector')")
+    text = status.inner_text()
+    assert "Imágenes indexadas" in text and "Flower" in text
+    assert page.locator("#px-status a").first.get_attribute("href").endswith(":5555/")
+    page.close()
+
+
+def test_api_down_is_a_readable_message_in_the_page(browser, tmp_path):
+    with standalone_ui(f"http://127.0.0.1:{free_port()}", tmp_path / "ui.log") as url:  # nothing listens there
+        page = open_page(browser, url)
+        page.locator("#px-query-text textarea").fill("a dog on a beach")
+        page.locator("#px-search-text").click()
+        shown = page.wait_for_selector("#px-search-message .px-error").inner_text()
+        assert "A service is down" in shown and "does not answer" in shown and "Traceback" not in shown
+        assert page.locator("#px-results img").count() == 0
+        page.close()
+
+
+def test_remote_service_maps_api_errors(api):
+    remote = RemoteService(api.url)
+    cases = {
+        "bad_input": lambda: remote.search_image(b"<html>no</html>", 3),
+        "not_found": lambda: remote.similar("0" * 64, 3),
+        "forbidden": lambda: remote.ingest_folder("/etc", True),
+    }
+    for kind, call in cases.items():
+        with pytest.raises(ServiceError) as exc:
+            call()
+        assert exc.value.kind == kind, exc.value.detail
+    assert remote.search_text("shapes", 2).results[0].image.startswith(f"{api.url}/images/")
+    assert remote.status()["backend"] == "pgvector"
+
+
+def test_local_service_calls_the_api_services(client):
+    local = LocalService(lambda: client.app.state.services)
+    with pytest.raises(ServiceError) as exc:
+        local.search_image(b"GIF89a-truncated", 3)
+    assert exc.value.kind == "bad_input"
+    with pytest.raises(ServiceError) as exc:
+        local.search_text("   ", 3)
+    assert exc.value.kind == "bad_input" and "empty" in exc.value.detail
+    with pytest.raises(ServiceError) as exc:
+        local.ingest_folder("/tmp", True)  # INGEST_ROOTS is empty in this stack
+    assert exc.value.kind == "forbidden"
+    assert local.status()["model"]["dim"] == 64
+
+
+@pytest.mark.parametrize(("header", "lang"), [
+    ("es-ES,es;q=0.9,en;q=0.8", "es"), ("en-GB,en;q=0.9,es;q=0.8", "en"), ("fr-FR,es;q=0.5,en;q=0.4", "es"),
+    ("de-DE", "en"), ("", "en"), (None, "en"), ("en;q=0.2,es;q=0.8", "es"), ("es;q=bogus,en", "en"),
+])
+def test_language_from_accept_language(header, lang):
+    assert language(header) == lang
+
+
+def test_both_languages_have_every_text():
+    assert TEXTS["en"].keys() == TEXTS["es"].keys()
+
+
+def test_random_weights_warning_is_on_the_status():
+    health = {"backend": "pgvector", "model": {"name": "ViT-B-32", "pretrained": "random", "dim": 512,
+                                                "random": True}, "vectors": 0, "queue_depth": 0, "problems": []}
+    assert "random weights" in _status("en", health, None)
+    assert "pesos aleatorios" in _status("es", health, None)

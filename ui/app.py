@@ -1,0 +1,238 @@
+"""The Gradio page: search (image, webcam, text, more like this), add images, and status.
+
+`build_ui(service)` works with any ProximaService: in the API process it gets a LocalService (same
+service functions as the routes, no HTTP round trip); `python -m ui --api URL` gives it a RemoteService.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from shared.pipeline import MAX_QUERY_CHARS
+from ui.service import Found, ProximaService, ServiceError
+from ui.text import i18n, language, t
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_K = 100
+POLL_S = 0.5
+FINAL_STATES = {"completed", "completed_with_errors", "failed"}
+ERRORS_SHOWN = 200
+CSS = """
+#px-title { font-size: 1.6em; font-weight: 600; }
+.px-progress progress { width: 100%; height: 1.4em; }
+.px-error { color: var(--error-text-color, #b91c1c); }
+"""
+
+Gallery = list[tuple[str, str]]
+Shown = list[tuple[str, str]]  # (id, filename) of each tile, for "more like this"
+
+
+def _lang(request: gr.Request | None) -> str:
+    return language(request.headers.get("accept-language") if request is not None else None)
+
+
+def _error(lang: str, exc: Exception) -> str:
+    if isinstance(exc, ServiceError):
+        text = t(lang, exc.kind, detail=exc.detail)
+    else:  # a bug: logged with its traceback, shown as one line
+        log.exception("UI request failed")
+        text = t(lang, "error", detail=f"{type(exc).__name__}: {exc}")
+    return f'<p class="px-error" role="alert">❌ {html.escape(text)}</p>'
+
+
+def _note(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
+    """The whole page; its labels are gr.I18n keys (pass `ui.text.i18n` to launch or mount)."""
+
+    def show(lang: str, search: Callable[[], Found], like: str | None = None) -> tuple[str, Gallery, Shown]:
+        try:
+            found = search()
+        except Exception as exc:  # every failure becomes a readable message
+            return _error(lang, exc), [], []
+        if not found.results:
+            return _note(t(lang, "no_results")), [], []
+        key, extra = ("like_this", {"name": like}) if like else ("found", {})
+        tiles = [(r.image, f"{r.score:.3f} · {r.filename}") for r in found.results]
+        return (_note(t(lang, key, n=len(found.results), ms=found.took_ms, **extra)), tiles,
+                [(r.id, r.filename) for r in found.results])
+
+    def by_image(path: str | None, k: int, request: gr.Request) -> tuple[str, Gallery, Shown]:
+        lang = _lang(request)
+        if not path:
+            return _note(t(lang, "no_query_image")), [], []
+        data = Path(path).read_bytes()
+        return show(lang, lambda: service.search_image(data, int(k)))
+
+    def by_text(text: str, k: int, request: gr.Request) -> tuple[str, Gallery, Shown]:
+        lang = _lang(request)
+        if not (text or "").strip():
+            return _note(t(lang, "no_query_text")), [], []
+        return show(lang, lambda: service.search_text(text, int(k)))
+
+    def like_this(shown: Shown, k: int, evt: gr.SelectData, request: gr.Request) -> tuple[str, Gallery, Shown]:
+        image_id, filename = shown[evt.index]
+        return show(_lang(request), lambda: service.similar(image_id, int(k)), like=filename)
+
+    def follow(lang: str, start: Callable[[], str]) -> Iterator[tuple[str, str]]:
+        try:
+            job_id = start()
+        except Exception as exc:
+            yield _error(lang, exc), ""
+            return
+        while True:
+            try:
+                job = service.job(job_id)
+            except ServiceError as exc:
+                yield _error(lang, exc), ""  # e.g. Redis restarting: keep following
+            else:
+                yield _progress(lang, job), _errors(lang, job)
+                if job["state"] in FINAL_STATES and not job.get("walking"):
+                    return
+            time.sleep(POLL_S)
+
+    def upload(paths: list[str] | None, request: gr.Request) -> Iterator[tuple[str, str]]:
+        lang = _lang(request)
+        if not paths:
+            yield _note(t(lang, "no_files")), ""
+            return
+        yield from follow(lang, lambda: service.upload([Path(p) for p in paths]))
+
+    def ingest(path: str, recursive: bool, request: gr.Request) -> Iterator[tuple[str, str]]:
+        lang = _lang(request)
+        if not (path or "").strip():
+            yield _note(t(lang, "no_folder")), ""
+            return
+        yield from follow(lang, lambda: service.ingest_folder(path.strip(), recursive))
+
+    def status(request: gr.Request) -> tuple[dict[str, Any], str]:
+        lang = _lang(request)
+        try:
+            health = service.status()
+        except Exception as exc:
+            return gr.update(visible=False), _error(lang, exc)
+        random = bool(health.get("model", {}).get("random"))
+        return (gr.update(value=t(lang, "random_warning"), visible=random),
+                _status(lang, health, _flower_link(service.flower_url, request)))
+
+    with gr.Blocks(title="Proxima", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(i18n("title"), elem_id="px-title")
+        banner = gr.Markdown(visible=False, elem_id="px-random-warning")
+        shown = gr.State([])
+        with gr.Tab(i18n("tab_search"), id="search"), gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                query_image = gr.Image(label=i18n("query_image"), type="filepath", image_mode=None,
+                                       sources=["upload", "webcam", "clipboard"], elem_id="px-query-image")
+                image_btn = gr.Button(i18n("search_image_btn"), variant="primary", elem_id="px-search-image")
+                query_text = gr.Textbox(label=i18n("query_text"), placeholder=i18n("query_text_placeholder"),
+                                        max_length=MAX_QUERY_CHARS, elem_id="px-query-text")
+                text_btn = gr.Button(i18n("search_text_btn"), elem_id="px-search-text")
+                top_k = gr.Slider(1, MAX_TOP_K, value=default_top_k, step=1, label=i18n("top_k"),
+                                  elem_id="px-top-k")
+            with gr.Column(scale=3):
+                message = gr.HTML(elem_id="px-search-message")
+                gallery = gr.Gallery(label=i18n("results"), columns=4, height="auto", object_fit="cover",
+                                     allow_preview=False, interactive=False, elem_id="px-results")
+        with gr.Tab(i18n("tab_ingest"), id="ingest"):
+            with gr.Row():
+                with gr.Column():
+                    files = gr.File(label=i18n("upload_files"), file_count="multiple", type="filepath",
+                                    elem_id="px-upload-files")
+                    upload_btn = gr.Button(i18n("upload_btn"), variant="primary", elem_id="px-upload")
+                with gr.Column():
+                    folder = gr.Textbox(label=i18n("folder_path"), elem_id="px-folder")
+                    recursive = gr.Checkbox(True, label=i18n("recursive"))
+                    folder_btn = gr.Button(i18n("folder_btn"), elem_id="px-ingest-folder")
+            progress = gr.HTML(elem_id="px-job-progress")
+            errors = gr.HTML(elem_id="px-job-errors")
+        with gr.Tab(i18n("tab_status"), id="status"):
+            status_md = gr.Markdown(elem_id="px-status")
+            refresh = gr.Button(i18n("refresh"), elem_id="px-refresh")
+
+        searches = {"outputs": [message, gallery, shown], "concurrency_limit": 4}
+        query_image.upload(by_image, [query_image, top_k], **searches)
+        image_btn.click(by_image, [query_image, top_k], **searches)
+        query_text.submit(by_text, [query_text, top_k], **searches)
+        text_btn.click(by_text, [query_text, top_k], **searches)
+        gallery.select(like_this, [shown, top_k], **searches)
+        # Following a job mostly sleeps between polls: no reason to make one user wait for another's.
+        upload_btn.click(upload, [files], [progress, errors], concurrency_limit=None)
+        folder_btn.click(ingest, [folder, recursive], [progress, errors], concurrency_limit=None)
+        refresh.click(status, None, [banner, status_md], concurrency_limit=None)
+        demo.load(status, None, [banner, status_md], concurrency_limit=None)
+    return demo
+
+
+def _progress(lang: str, job: dict[str, Any]) -> str:
+    processed = job["done"] + job["failed"]
+    text = t(lang, "job_progress", job=job["job_id"], state=t(lang, f"state_{job['state']}"),
+             done=job["done"], failed=job["failed"], total=job["total"])
+    if job["kind"] != "upload" and job.get("seen"):
+        text += t(lang, "job_seen", seen=job["seen"], skipped=job["skipped"])
+    if job.get("rate_per_s"):
+        text += t(lang, "job_rate", rate=job["rate_per_s"])
+    if job.get("eta_s"):
+        text += t(lang, "job_eta", eta=job["eta_s"])
+    if job.get("walking"):
+        text += t(lang, "job_walking")
+    maximum = max(job["total"], 1)
+    return (f'<div class="px-progress" data-state="{html.escape(job["state"])}" data-done="{job["done"]}" '
+            f'data-failed="{job["failed"]}" data-total="{job["total"]}">'
+            f'<progress value="{min(processed, maximum)}" max="{maximum}"></progress>'
+            f"<p>{html.escape(text).replace('**', '')}</p></div>")
+
+
+def _errors(lang: str, job: dict[str, Any]) -> str:
+    if not job["errors"]:
+        return ""
+    rows = "".join(f"<li><b>{html.escape(e.get('filename') or '?')}</b>: {html.escape(e.get('message', ''))}</li>"
+                   for e in job["errors"][:ERRORS_SHOWN])
+    more = f"<li>… {len(job['errors']) - ERRORS_SHOWN}</li>" if len(job["errors"]) > ERRORS_SHOWN else ""
+    return f"<details open><summary>{html.escape(t(lang, 'errors_header'))}</summary><ul>{rows}{more}</ul></details>"
+
+
+def _flower_link(flower_url: str, request: gr.Request | None) -> str | None:
+    """FLOWER_URL as given, or ':PORT' resolved against the host the page was loaded from."""
+    if not flower_url.startswith(":"):
+        return flower_url or None
+    host = (request.headers.get("host", "") if request is not None else "").rsplit(":", 1)[0] or "localhost"
+    return f"http://{host}{flower_url}/"
+
+
+def _status(lang: str, health: dict[str, Any], flower: str | None) -> str:
+    unknown = t(lang, "unknown")
+    model = health.get("model") or {}
+    model_text = f"{model.get('name', unknown)} / {model.get('pretrained', unknown)} (dim {model.get('dim', '?')})"
+    lines = [
+        f"- **{t(lang, 'status_backend')}**: {health.get('backend', unknown)}",
+        f"- **{t(lang, 'status_model')}**: {model_text}",
+        f"- **{t(lang, 'status_vectors')}**: {health.get('vectors') if health.get('vectors') is not None else unknown}",
+        f"- **{t(lang, 'status_queue')}**: "
+        f"{health.get('queue_depth') if health.get('queue_depth') is not None else unknown}",
+    ]
+    if flower:
+        lines.append(f"- **{t(lang, 'status_flower')}**: [{flower}]({flower})")
+    if model.get("random"):
+        lines.insert(0, t(lang, "random_warning") + "\n")
+    problems = health.get("problems") or []
+    lines.append("")
+    lines.append(f"**{t(lang, 'status_problems')}**: " + "; ".join(problems) if problems else t(lang, "status_ok"))
+    return "\n".join(lines)
+
+
+def mount(app: Any, service: ProximaService, *, path: str = "/ui", allowed_paths: list[str] | None = None,
+          max_file_size: str | None = None) -> Any:
+    """Mount the page into a FastAPI app (the API does this at /ui)."""
+    return gr.mount_gradio_app(app, build_ui(service), path=path, i18n=i18n, css=CSS, ssr_mode=False,
+                               show_error=False, allowed_paths=allowed_paths, max_file_size=max_file_size,
+                               footer_links=[])

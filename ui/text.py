@@ -1,0 +1,141 @@
+"""The page's words in English and Spanish, chosen by the browser's language.
+
+Static labels go through `gr.I18n` (translated in the browser); messages built at run time (errors,
+progress, status) are translated on the server from the request's Accept-Language header.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Proxima: image similarity search",
+        "tab_search": "Search",
+        "tab_ingest": "Add images",
+        "tab_status": "Status",
+        "query_image": "Image to search for (drop, upload, paste or webcam)",
+        "query_text": "…or describe what you are looking for",
+        "query_text_placeholder": "a red bicycle leaning on a wall",
+        "top_k": "Number of results",
+        "search_image_btn": "Search by image",
+        "search_text_btn": "Search by text",
+        "results": "Results (click one for more like it)",
+        "upload_files": "Images to add",
+        "upload_btn": "Upload and index",
+        "folder_path": "Folder on the server (under the allowed roots)",
+        "recursive": "Include subfolders",
+        "folder_btn": "Index this folder",
+        "refresh": "Refresh",
+        "random_warning": "⚠️ The model has **random weights** (MODEL_PRETRAINED=random): "
+                          "search results are meaningless. Load real weights for real use.",
+        "no_query_image": "Add an image first (drop, upload, paste or webcam).",
+        "no_query_text": "Type a description first.",
+        "no_files": "Choose one or more images first.",
+        "no_folder": "Type the path of a folder on the server first.",
+        "no_results": "No indexed images yet: add some on the “Add images” tab.",
+        "found": "{n} results in {ms:.0f} ms",
+        "like_this": "{n} images like “{name}” in {ms:.0f} ms",
+        "bad_input": "That did not work: {detail}",
+        "unavailable": "A service is down, try again in a moment: {detail}",
+        "not_found": "Not found: {detail}",
+        "forbidden": "Not allowed: {detail}",
+        "error": "Something went wrong: {detail}",
+        "job_progress": "Job `{job}`: **{state}**. {done} indexed, {failed} failed of {total}",
+        "job_seen": ", {seen} files seen, {skipped} skipped (not images)",
+        "job_rate": ", {rate:.1f} images/s",
+        "job_eta": ", about {eta:.0f} s left",
+        "job_walking": " (still walking the folder)",
+        "errors_header": "Files that could not be indexed",
+        "status_backend": "Vector database",
+        "status_model": "Model",
+        "status_vectors": "Indexed images",
+        "status_queue": "Batches waiting in the queue",
+        "status_flower": "Task dashboard (Flower)",
+        "status_problems": "Problems",
+        "status_ok": "All services answer.",
+        "unknown": "unknown",
+        "state_queued": "queued",
+        "state_running": "running",
+        "state_completed": "completed",
+        "state_completed_with_errors": "completed with errors",
+        "state_failed": "failed",
+    },
+    "es": {
+        "title": "Proxima: búsqueda de imágenes similares",
+        "tab_search": "Buscar",
+        "tab_ingest": "Añadir imágenes",
+        "tab_status": "Estado",
+        "query_image": "Imagen a buscar (arrastra, sube, pega o usa la cámara)",
+        "query_text": "…o describe lo que buscas",
+        "query_text_placeholder": "una bicicleta roja apoyada en una pared",
+        "top_k": "Número de resultados",
+        "search_image_btn": "Buscar por imagen",
+        "search_text_btn": "Buscar por texto",
+        "results": "Resultados (haz clic en uno para ver otros parecidos)",
+        "upload_files": "Imágenes a añadir",
+        "upload_btn": "Subir e indexar",
+        "folder_path": "Carpeta en el servidor (dentro de las raíces permitidas)",
+        "recursive": "Incluir subcarpetas",
+        "folder_btn": "Indexar esta carpeta",
+        "refresh": "Actualizar",
+        "random_warning": "⚠️ El modelo tiene **pesos aleatorios** (MODEL_PRETRAINED=random): "
+                          "los resultados no tienen sentido. Carga pesos reales para un uso real.",
+        "no_query_image": "Primero añade una imagen (arrastra, sube, pega o usa la cámara).",
+        "no_query_text": "Primero escribe una descripción.",
+        "no_files": "Primero elige una o más imágenes.",
+        "no_folder": "Primero escribe la ruta de una carpeta del servidor.",
+        "no_results": "Aún no hay imágenes indexadas: añade algunas en la pestaña «Añadir imágenes».",
+        "found": "{n} resultados en {ms:.0f} ms",
+        "like_this": "{n} imágenes parecidas a «{name}» en {ms:.0f} ms",
+        "bad_input": "No ha funcionado: {detail}",
+        "unavailable": "Un servicio no responde, inténtalo de nuevo en un momento: {detail}",
+        "not_found": "No encontrado: {detail}",
+        "forbidden": "No permitido: {detail}",
+        "error": "Algo ha fallado: {detail}",
+        "job_progress": "Trabajo `{job}`: **{state}**. {done} indexadas, {failed} fallidas de {total}",
+        "job_seen": ", {seen} archivos vistos, {skipped} omitidos (no son imágenes)",
+        "job_rate": ", {rate:.1f} imágenes/s",
+        "job_eta": ", faltan unos {eta:.0f} s",
+        "job_walking": " (aún recorriendo la carpeta)",
+        "errors_header": "Archivos que no se pudieron indexar",
+        "status_backend": "Base de datos vectorial",
+        "status_model": "Modelo",
+        "status_vectors": "Imágenes indexadas",
+        "status_queue": "Lotes en espera en la cola",
+        "status_flower": "Panel de tareas (Flower)",
+        "status_problems": "Problemas",
+        "status_ok": "Todos los servicios responden.",
+        "unknown": "desconocido",
+        "state_queued": "en cola",
+        "state_running": "en curso",
+        "state_completed": "terminado",
+        "state_completed_with_errors": "terminado con errores",
+        "state_failed": "fallido",
+    },
+}
+LANGUAGES = tuple(TEXTS)
+i18n = gr.I18n(**TEXTS)
+
+
+def language(accept_language: str | None) -> str:
+    """The first of our languages in an Accept-Language header, by preference weight; English otherwise."""
+    ranked: list[tuple[float, int, str]] = []
+    for n, part in enumerate((accept_language or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        weight = 1.0
+        if params.strip().startswith("q="):
+            try:
+                weight = float(params.strip()[2:])
+            except ValueError:
+                weight = 0.0
+        ranked.append((-weight, n, tag.split("-")[0].lower()))
+    for _, _, lang in sorted(ranked):
+        if lang in TEXTS:
+            return lang
+    return "en"
+
+
+def t(lang: str, key: str, **values: object) -> str:
+    """One message in `lang`, with its {placeholders} filled."""
+    return TEXTS.get(lang, TEXTS["en"])[key].format(**values)
