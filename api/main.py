@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from api.deps import Services
 from api.limits import BodySizeLimit
 from api.routes import health, images, ingest, jobs, search
+from api.security import key_matches
 from shared.backends import BackendError, BackendUnavailable, make_backend
 from shared.config import Settings, get_settings
 from shared.embedder import load_embedder
@@ -69,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, exempt=(f"{UI_PATH}/",))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["X-API-Key", "Content-Type"])
     for module in (images, search, ingest, jobs, health):
         app.include_router(module.router)
     app.add_api_route("/", lambda: RedirectResponse(f"{UI_PATH}/"), include_in_schema=False)
@@ -94,7 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             status_code=503, headers={"Retry-After": "5"})
 
     flower = settings.flower_url or f":{settings.flower_port}"
-    return mount_ui(app, LocalService(lambda: app.state.services, flower_url=flower), path=UI_PATH,
+    # The page calls the services directly, so with API_KEY set it asks for the key itself (as the password).
+    auth = (lambda _user, password: key_matches(settings, password)) if settings.api_key.get_secret_value() else None
+    return mount_ui(app, LocalService(lambda: app.state.services, flower_url=flower), path=UI_PATH, auth=auth,
                     allowed_paths=[str(settings.images_dir)], max_file_size=f"{settings.max_upload_mb}mb")
 
 

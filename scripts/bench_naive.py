@@ -35,9 +35,9 @@ async def lifespan(_: FastAPI):
     state["preprocess"] = open_clip.image_transform(embedder.image_size, is_train=False)
     state["conn"] = psycopg.connect(os.environ["NAIVE_DATABASE_URL"])
     register_vector(state["conn"])
-    state["conn"].execute(
-        f"CREATE TABLE IF NOT EXISTS naive_images (id text PRIMARY KEY, embedding vector({embedder.info.dim}))"
-    )
+    state["conn"].execute(psycopg.sql.SQL(
+        "CREATE TABLE IF NOT EXISTS naive_images (id text PRIMARY KEY, embedding vector({}))"
+    ).format(psycopg.sql.Literal(embedder.info.dim)))
     state["conn"].commit()
     yield
     state["conn"].close()

@@ -7,6 +7,7 @@ contact sheet of the results and opens it in the browser.
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
 import os
@@ -18,9 +19,10 @@ from pathlib import Path
 import httpx
 
 DEFAULT_API = os.environ.get("PROXIMA_API", "http://127.0.0.1:8000")
+DEFAULT_KEY = os.environ.get("PROXIMA_API_KEY", "")
 
 
-def search(api: str, image: Path, top_k: int) -> dict:
+def search(api: str, image: Path, top_k: int, api_key: str = "") -> dict:
     """POST the image to /search; exits with a readable message on any failure."""
     try:
         data = image.read_bytes()
@@ -28,11 +30,13 @@ def search(api: str, image: Path, top_k: int) -> dict:
         sys.exit(f"cannot read {image}: {exc.strerror or exc}")
     try:
         response = httpx.post(f"{api.rstrip('/')}/search", files={"file": (image.name, data)},
-                              data={"top_k": str(top_k)}, timeout=120)
+                              data={"top_k": str(top_k)}, headers=_headers(api_key), timeout=120)
     except httpx.ConnectError:
         sys.exit(f"the API at {api} is not reachable; is it running (`make up`), or is --api wrong?")
     except httpx.HTTPError as exc:
         sys.exit(f"request to {api} failed: {exc}")
+    if response.status_code == 401:
+        sys.exit(f"the API at {api} wants an API key: pass --api-key or set PROXIMA_API_KEY")
     if response.status_code == 422:
         detail = response.json().get("detail")
         sys.exit(f"{image} was refused: {detail if isinstance(detail, str) else json.dumps(detail)}")
@@ -50,12 +54,26 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(api: str, query: Path, results: list[dict]) -> Path:
+def _headers(api_key: str) -> dict[str, str]:
+    return {"X-API-Key": api_key} if api_key else {}
+
+
+def _thumbnail(api: str, result: dict, api_key: str) -> str:
+    """The result's thumbnail as a data: URI (the sheet then works offline and behind an API key)."""
+    try:
+        response = httpx.get(api.rstrip("/") + result["thumbnail_url"], headers=_headers(api_key), timeout=30)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return ""
+    return "data:image/webp;base64," + base64.b64encode(response.content).decode()
+
+
+def contact_sheet(api: str, query: Path, results: list[dict], api_key: str = "") -> Path:
     base = api.rstrip("/")
     tiles = "\n".join(
-        f'<figure><a href="{html.escape(base + r["image_url"])}"><img src="{html.escape(base + r["image_url"])}" '
-        f'loading="lazy"></a><figcaption>#{rank} · {r["score"]:.3f}<br>{html.escape(r["filename"])}'
-        "</figcaption></figure>"
+        f'<figure><a href="{html.escape(base + r["image_url"])}"><img src="{_thumbnail(api, r, api_key)}" '
+        f'alt="{html.escape(r["filename"])}"></a><figcaption>#{rank} · {r["score"]:.3f}<br>'
+        f"{html.escape(r['filename'])}</figcaption></figure>"
         for rank, r in enumerate(results, start=1)
     )
     page = f"""<!doctype html><meta charset="utf-8"><title>Similar to {html.escape(query.name)}</title>
@@ -74,15 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", "-k", type=int, default=10, help="how many results (1-1000)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
     parser.add_argument("--api", default=DEFAULT_API, help=f"API base URL (default {DEFAULT_API}, or $PROXIMA_API)")
+    parser.add_argument("--api-key", default=DEFAULT_KEY, help="sent as X-API-Key (default $PROXIMA_API_KEY)")
     parser.add_argument("--open", action="store_true", help="write an HTML contact sheet and open it")
     args = parser.parse_args(argv)
     if not 1 <= args.top_k <= 1000:
         parser.error("--top-k must be between 1 and 1000")
 
-    answer = search(args.api, args.image, args.top_k)
+    answer = search(args.api, args.image, args.top_k, args.api_key)
     print(json.dumps(answer) if args.json else table(answer["results"]))
     if args.open:
-        sheet = contact_sheet(args.api, args.image, answer["results"])
+        sheet = contact_sheet(args.api, args.image, answer["results"], args.api_key)
         print(f"contact sheet: {sheet}", file=sys.stderr)
         webbrowser.open(sheet.as_uri())
     return 0

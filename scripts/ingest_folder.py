@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -96,7 +97,8 @@ def run_local(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
 
 def run_remote(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    api = httpx.Client(base_url=args.api.rstrip("/"), timeout=httpx.Timeout(300, connect=10))
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    api = httpx.Client(base_url=args.api.rstrip("/"), headers=headers, timeout=httpx.Timeout(300, connect=10))
     try:
         api.get("/health").raise_for_status()
     except httpx.HTTPError as exc:
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
     parser.add_argument("--batch-size", type=int, default=0, help="images per batch (default: BATCH_SIZE)")
     parser.add_argument("--api", help="upload to this API instead (the workers cannot read PATH)")
+    parser.add_argument("--api-key", default=os.environ.get("PROXIMA_API_KEY", ""),
+                        help="--api mode: sent as X-API-Key (default $PROXIMA_API_KEY)")
     parser.add_argument("--state", type=Path, help="--api mode: file remembering what was uploaded")
     parser.add_argument("--max-queued", type=int, default=64, help="--api mode: queue depth to wait below")
     parser.add_argument("--max-request-mb", type=int, default=90, help="--api mode: largest upload request")

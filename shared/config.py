@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(100, ge=1)
     max_files_per_request: int = Field(1000, ge=1)
     max_image_pixels: int = Field(100_000_000, ge=1)
+
+    # Access control
+    api_key: SecretStr = SecretStr("")  # set: writes, admin and (unless PUBLIC_SEARCH) searches need X-API-Key
+    public_search: bool = False  # with API_KEY set, searches and image reads stay open to anyone
+    cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed to call the API (comma-separated)
 
     # pgvector index and search parameters
     pg_hnsw_m: int = Field(16, ge=2, le=100)
@@ -79,9 +84,9 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("ingest_roots", mode="before")
+    @field_validator("ingest_roots", "cors_origins", mode="before")
     @classmethod
-    def _split_roots(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

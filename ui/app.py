@@ -231,8 +231,9 @@ def _status(lang: str, health: dict[str, Any], flower: str | None) -> str:
 
 
 def mount(app: Any, service: ProximaService, *, path: str = "/ui", allowed_paths: list[str] | None = None,
-          max_file_size: str | None = None) -> Any:
-    """Mount the page into a FastAPI app (the API does this at /ui)."""
+          max_file_size: str | None = None, auth: Callable[[str, str], bool] | None = None) -> Any:
+    """Mount the page into a FastAPI app (the API does this at /ui); `auth` guards it with a login form."""
     return gr.mount_gradio_app(app, build_ui(service), path=path, i18n=i18n, css=CSS, ssr_mode=False,
                                show_error=False, allowed_paths=allowed_paths, max_file_size=max_file_size,
-                               footer_links=[])
+                               footer_links=[], auth=auth,
+                               auth_message="Proxima: any user name, the API key as password" if auth else None)

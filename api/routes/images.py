@@ -8,6 +8,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from api.deps import Services, ServicesDep
+from api.security import SearchAccess, WriteAccess
 from shared.imagestore import is_image_id
 from shared.imaging import MIME_TYPES, ImageError, probe
 from shared.pipeline import Accepted, Upload, delete_image
@@ -51,7 +52,7 @@ async def _accept(services: Services, files: list[UploadFile],
     return await run_in_threadpool(services.accept, uploads, job_id)
 
 
-@router.post("/images", status_code=202, response_model=UploadResponse)
+@router.post("/images", status_code=202, response_model=UploadResponse, dependencies=WriteAccess)
 async def upload_images(
     files: Annotated[list[UploadFile], File(description="one or more images")],
     services: ServicesDep,
@@ -62,7 +63,7 @@ async def upload_images(
     return UploadResponse(job_id=job_id, images=[ImageStatus(**vars(a)) for a in accepted])
 
 
-@router.post("/index_image", status_code=202, response_model=IndexImageResponse)
+@router.post("/index_image", status_code=202, response_model=IndexImageResponse, dependencies=WriteAccess)
 async def index_image(file: Annotated[UploadFile, File()], services: ServicesDep) -> IndexImageResponse:
     """One image (the design document's endpoint); same as `POST /images` with a single file."""
     job_id, (accepted,) = await _accept(services, [file])
@@ -80,7 +81,7 @@ def _stored_path(services: Services, image_id: str):
     return path
 
 
-@router.get("/images/{image_id}", response_class=FileResponse,
+@router.get("/images/{image_id}", response_class=FileResponse, dependencies=SearchAccess,
             responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
 def get_image(image_id: str, services: ServicesDep) -> FileResponse:
     """The original file as uploaded, with its Content-Type."""
@@ -93,7 +94,7 @@ def get_image(image_id: str, services: ServicesDep) -> FileResponse:
                         headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 
-@router.get("/images/{image_id}/thumbnail", response_class=FileResponse,
+@router.get("/images/{image_id}/thumbnail", response_class=FileResponse, dependencies=SearchAccess,
             responses={200: {"content": {"image/webp": {}}, "description": "a small WebP of the image"}})
 def get_thumbnail(image_id: str, services: ServicesDep) -> FileResponse:
     """A WebP at most 320 pixels on its long side, made on first request (what result pages show)."""
@@ -106,10 +107,11 @@ def get_thumbnail(image_id: str, services: ServicesDep) -> FileResponse:
                         headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 
-router.add_api_route("/image/{image_id}", get_image, methods=["GET"], include_in_schema=False)
+router.add_api_route("/image/{image_id}", get_image, methods=["GET"], include_in_schema=False,
+                     dependencies=SearchAccess)
 
 
-@router.delete("/images/{image_id}", status_code=204)
+@router.delete("/images/{image_id}", status_code=204, dependencies=WriteAccess)
 def remove_image(image_id: str, services: ServicesDep) -> Response:
     """Delete the vector and the stored file."""
     if not is_image_id(image_id) or not delete_image(image_id, images=services.images,

@@ -4,9 +4,10 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from api.deps import IngestDisabled, ServicesDep
+from api.security import WriteAccess
 from shared.ingest import PathNotAllowed
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], dependencies=WriteAccess)
 
 
 class IngestRequest(BaseModel):

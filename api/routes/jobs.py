@@ -4,8 +4,9 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from api.deps import ServicesDep
+from api.security import WriteAccess
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], dependencies=WriteAccess)
 
 
 class OpenJob(BaseModel):

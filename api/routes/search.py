@@ -8,11 +8,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, field_validator
 
 from api.deps import ServicesDep
+from api.security import SearchAccess
 from shared.backends import Hit
 from shared.imagestore import is_image_id
 from shared.pipeline import MAX_QUERY_CHARS, check_query_text, search_image, search_similar, search_text
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=SearchAccess)
 
 
 class SearchResult(BaseModel):
