@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from api.deps import Services
 from api.limits import BodySizeLimit
-from api.routes import health, images, ingest, jobs, search
+from api.routes import admin, health, images, ingest, jobs, search
 from api.security import key_matches
 from shared.backends import BackendError, BackendUnavailable, make_backend
 from shared.config import Settings, get_settings
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["X-API-Key", "Content-Type"])
-    for module in (images, search, ingest, jobs, health):
+    for module in (images, search, ingest, jobs, admin, health):
         app.include_router(module.router)
     app.add_api_route("/", lambda: RedirectResponse(f"{UI_PATH}/"), include_in_schema=False)
 

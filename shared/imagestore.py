@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from shared.imaging import thumbnail_webp
@@ -79,6 +80,16 @@ class ImageStore:
 
     def read(self, image_id: str) -> bytes:
         return self.path(image_id).read_bytes()
+
+    def iter_ids(self) -> Iterator[str]:
+        """Every stored image id, in sorted order, one directory at a time (flat memory at any size)."""
+
+        def subdirs(path: Path) -> list[Path]:
+            return sorted(e for e in path.iterdir() if e.is_dir() and len(e.name) == 2 and not e.name.startswith("."))
+
+        for top in subdirs(self.root) if self.root.is_dir() else ():
+            for sub in subdirs(top):
+                yield from sorted(e.name for e in os.scandir(sub) if e.is_file() and is_image_id(e.name))
 
     def thumbnail(self, image_id: str, side: int = THUMBNAIL_SIDE) -> Path:
         """A WebP thumbnail of a stored image, made on first use. FileNotFoundError if the image is not

@@ -74,6 +74,12 @@ def accept_uploads(
     The uploads form a new job, or are added to the open job `job_id` (a client-side folder ingest).
     Returns the job id and one entry per upload, in order.
     """
+    uploads = list(uploads)
+    # The job first: with Redis down the request fails here, before any file is stored.
+    if job_id is None:
+        job_id = jobs.create(total=len(uploads))
+    else:
+        jobs.add(job_id, counts={"total": len(uploads), "seen": len(uploads)})
     results: list[Accepted] = []
     seen: set[str] = set()
     existing: list[str] = []  # stored before this request: indexed already, or still to do
@@ -99,10 +105,6 @@ def accept_uploads(
         for r in results
     ]
     queued = [{"id": r.id, "filename": r.filename} for r in results if r.status == "queued"]
-    if job_id is None:
-        job_id = jobs.create(total=len(results))
-    else:
-        jobs.add(job_id, counts={"total": len(results), "seen": len(results)})
     request_key = uuid.uuid4().hex[:12]  # batch keys stay unique when several requests share a job
     skipped = [r for r in results if r.status != "queued"]
     if skipped:  # duplicates count as done, rejections as failed, right away

@@ -12,6 +12,8 @@ from shared.config import Settings, get_settings
 QUEUE = "proxima"
 EMBED_BATCH = "proxima.embed_batch"  # args: job id, batch key, [{"id", "filename"}] of stored uploads
 INGEST_FILES = "proxima.ingest_files"  # args: job id, batch key, [{"path", "size", "mtime_ns"}] of a folder
+RECONCILE = "proxima.reconcile"  # kwargs: delete_orphans; the report is kept at RECONCILE_REPORT_KEY
+RECONCILE_REPORT_KEY = "proxima:reconcile:last"
 
 
 def send_batch(app: Celery, task: str, job_id: str, batch_key: str, items: list[dict]) -> None:
@@ -39,7 +41,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         # Must exceed the longest batch (including retries' countdowns), or Redis redelivers a batch
         # that is still being worked on.
-        broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s},
+        # Kombu looks for such batches every 10 s (unacked_restore_throttle=1; its default, 10, means every
+        # 100 s), so a crashed worker's batches are back in the queue soon after the timeout.
+        broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s,
+                                  "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
         # Events let Flower show each batch (its argsrepr summary, state, runtime) as it happens.
         worker_send_task_events=True,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from shared.imagestore import ImageStore
 from shared.ingest import RedisManifest, ingest_files
 from shared.jobs import FileError, JobStore
 from shared.pipeline import BatchResult, embed_batch
-from workers.celery_app import EMBED_BATCH, INGEST_FILES, app
+from shared.reconcile import reconcile
+from workers.celery_app import EMBED_BATCH, INGEST_FILES, RECONCILE, RECONCILE_REPORT_KEY, app, send_batch
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,18 @@ def ingest_files_task(self: Task, job_id: str, batch_key: str, items: list[dict]
     return _run(self, ctx, job_id, batch_key, items, lambda: ingest_files(
         items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, manifest=ctx.manifest,
         pool=ctx.pool, max_pixels=ctx.settings.max_image_pixels))
+
+
+@app.task(name=RECONCILE, acks_late=False)
+def reconcile_task(delete_orphans: bool = False) -> dict:
+    """Re-queue stored images that have no vector, report (or delete) vectors whose file is gone."""
+    ctx = context()
+    report = reconcile(images=ctx.images, backend=ctx.backend, jobs=ctx.jobs, batch_size=ctx.settings.batch_size,
+                       enqueue=lambda j, key, items: send_batch(app, EMBED_BATCH, j, key, items),
+                       delete_orphans=delete_orphans).as_dict()
+    report["finished_at"] = time.time()
+    ctx.jobs.redis.set(RECONCILE_REPORT_KEY, json.dumps(report))
+    return report
 
 
 def _run(task: Task, ctx: WorkerContext, job_id: str, batch_key: str, items: list[dict],
