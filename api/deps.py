@@ -49,7 +49,7 @@ class Services:
     def accept(self, uploads: list[Upload], job_id: str | None = None) -> tuple[str, list[Accepted]]:
         """Store uploads and queue them for indexing (a new job, or the open job `job_id`)."""
         return accept_uploads(uploads, images=self.images, backend=self.backend, jobs=self.jobs,
-                              enqueue=self.enqueue, batch_size=self.settings.batch_size,
+                              enqueue=self.enqueue, batch_size=self.settings.effective_batch_size,
                               max_pixels=self.settings.max_image_pixels, job_id=job_id)
 
     def queue_depth(self) -> int:
@@ -98,7 +98,7 @@ class Services:
 
     def _walk(self, job_id: str, folder: Path, recursive: bool, stop: threading.Event) -> None:
         try:
-            walk_folder(folder, job_id, recursive=recursive, batch_size=self.settings.batch_size,
+            walk_folder(folder, job_id, recursive=recursive, batch_size=self.settings.effective_batch_size,
                         jobs=self.jobs, backend=self.backend, manifest=self.manifest,
                         enqueue=self.enqueue_paths, queue_depth=self.queue_depth,
                         max_queued=self.settings.ingest_max_queued, roots=self.settings.ingest_roots, stop=stop)

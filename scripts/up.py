@@ -145,6 +145,21 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the stack like Ctrl-C does
 
 
+def worker_processes(settings, env: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """One worker process per GPU (each sees only its own device), or one on the CPU."""
+    if settings.device == "cpu" or settings.device.startswith("cuda:"):
+        return [("worker", env)]
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus <= 1:
+        return [("worker", env)]
+    visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    ids = visible[:gpus] if visible else [str(i) for i in range(gpus)]
+    log.info("%d GPUs: one worker process on each", gpus)
+    return [(f"worker-gpu{i}", {**env, "CUDA_VISIBLE_DEVICES": gpu, "DEVICE": "cuda"}) for i, gpu in enumerate(ids)]
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="[up] %(message)s")
     log.setLevel(logging.INFO)
@@ -169,8 +184,9 @@ def main() -> int:
         py = sys.executable
         stack.spawn("api", [py, "-m", "uvicorn", "api.main:app", "--host", settings.api_host,
                             "--port", str(settings.api_port)], env)
-        stack.spawn("worker", [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
-                               "-n", f"worker-{settings.api_port}@%h"], env)
+        for name, worker_env in worker_processes(settings, env):
+            stack.spawn(name, [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
+                               "-n", f"{name}-{settings.api_port}@%h"], worker_env)
         stack.spawn("flower", [py, "-m", "celery", "-A", "workers.celery_app", "flower",
                                f"--address={settings.api_host}", f"--port={settings.flower_port}"], env)
         api_url = f"http://{settings.api_host}:{settings.api_port}"

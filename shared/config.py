@@ -29,8 +29,9 @@ class Settings(BaseSettings):
     # Model
     model_name: str = "ViT-B-32"
     model_pretrained: str = "laion2b_s34b_b79k"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(32, ge=1, le=4096)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N picks one GPU
+    batch_size: int = Field(0, ge=0, le=4096)  # images per batch; 0: 256 where the model runs on CUDA, else 32
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: nvJPEG for JPEGs; auto: GPU and CPU pool together
     decode_threads: int = Field(0, ge=0, le=256)  # 0: one per CPU core
     worker_threads: int = Field(2, ge=1, le=64)  # batches a worker process handles at once
 
@@ -90,6 +91,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def effective_batch_size(self) -> int:
+        """BATCH_SIZE, or the automatic default: 256 when this process would run the model on CUDA, else 32."""
+        if self.batch_size:
+            return self.batch_size
+        from shared.embedder import resolve_device  # torch only when the default must be worked out
+
+        return 256 if resolve_device(self.device).startswith("cuda") else 32
 
     @property
     def images_dir(self) -> Path:

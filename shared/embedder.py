@@ -3,18 +3,22 @@
 `MODEL_NAME` is an open_clip architecture (`ViT-B-32`) or the path of a model config JSON for a custom
 architecture. `MODEL_PRETRAINED` is an open_clip pretrained tag (downloaded once into
 `$DATA_DIR/models`), a local checkpoint file, or `random`: seeded weights, identical in every process,
-for offline demos and tests only. Images arrive as uint8 HWC arrays (see `imaging.to_model_input`);
-conversion to float and normalisation happen on the model's device.
+for offline demos and tests only. Images arrive as uint8 (HWC arrays from Pillow, CHW tensors already on
+the GPU from nvJPEG: see shared/decode.py); conversion to float and normalisation happen on the model's
+device.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from shared.decode import StageTimes, as_batch, synchronize
 
 if TYPE_CHECKING:
     import torch
@@ -66,19 +70,30 @@ class Embedder:
         self._mean = torch.tensor(cfg["mean"], device=device, dtype=self.dtype).view(shape) * 255
         self._std = torch.tensor(cfg["std"], device=device, dtype=self.dtype).view(shape) * 255
 
-    def encode_images(self, pixels: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """uint8 arrays (N, H, W, 3) at `image_size` → L2-normalised float32 (N, dim), one model call."""
+    def encode_images(self, pixels: np.ndarray | Sequence[np.ndarray | torch.Tensor],
+                      times: StageTimes | None = None) -> np.ndarray:
+        """uint8 images at `image_size` → L2-normalised float32 (N, dim), in one model call.
+
+        `pixels`: an (N, H, W, 3) array, or a list of (H, W, 3) arrays (Pillow) and (3, H, W) tensors
+        already on the device (GPU decoding), in any mix. Normalisation happens on the device.
+        """
         import torch
 
-        batch = np.stack(pixels) if isinstance(pixels, list) else pixels
-        if batch.shape[0] == 0:
+        times = times or StageTimes()
+        if len(pixels) == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
+        device = str(self.device)
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).to(self.dtype)
-            x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-            features = self.model.encode_image(x)
-            return _normalised(features)
+            with times.timing("transfer"):
+                if isinstance(pixels, np.ndarray):
+                    x = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+                else:
+                    x = as_batch(pixels, device)
+                synchronize(device)
+            with times.timing("encode"):
+                x = ((x.to(self.dtype) - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+                features = _normalised(self.model.encode_image(x))
+            return features
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """Texts → L2-normalised float32 (N, dim) in the same space as the images."""
@@ -101,8 +116,12 @@ def resolve_device(requested: str) -> str:
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("DEVICE=cuda but no CUDA device is visible to torch; use DEVICE=auto or cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"DEVICE={requested} but no CUDA device is visible to torch; use DEVICE=auto or cpu")
+        index = int(requested.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"DEVICE={requested} but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return requested
 
 
@@ -124,7 +143,7 @@ def load_embedder(settings: Settings) -> Embedder:
             "nor a model config .json file"
         )
     device = resolve_device(settings.device)
-    precision = "fp16" if device == "cuda" else "fp32"
+    precision = "fp16" if device.startswith("cuda") else "fp32"
     pretrained = settings.model_pretrained
     kwargs = {"precision": precision, "device": device}
     try:
@@ -161,7 +180,7 @@ def load_embedder(settings: Settings) -> Embedder:
             "MODEL_PRETRAINED to a local checkpoint file (or 'random' for an offline demo)."
         ) from exc
     model.eval()
-    if device == "cuda":
+    if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     dim = int(open_clip.get_model_config(name)["embed_dim"])
     info = ModelInfo(name=name, pretrained=pretrained, dim=dim)

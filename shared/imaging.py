@@ -51,12 +51,37 @@ class LoadedImage:
     height: int
 
 
+@dataclass(frozen=True)
+class Header:
+    format: str
+    width: int
+    height: int
+    mode: str  # Pillow's mode: RGB, L, CMYK, P, ...
+    orientation: int  # EXIF orientation 1-8 (1: upright)
+
+
 def probe(data: bytes | Path, *, max_pixels: int = 100_000_000) -> tuple[str, int, int]:
     """(format, width, height) from the header only: cheap. Raises ImageError if not accepted."""
+    h = header(data, max_pixels=max_pixels)
+    return h.format, h.width, h.height
+
+
+def header(data: bytes | Path, *, max_pixels: int = 100_000_000) -> Header:
+    """What the header says, without decoding pixels. Raises ImageError if not accepted."""
     with _open(data) as img:
         fmt = img.format or "unknown"
         _check_size(fmt, *img.size, max_pixels)
-        return fmt, img.width, img.height
+        try:
+            orientation = int(img.getexif().get(0x0112, 1)) if fmt in ("JPEG", "TIFF", "WEBP", "PNG") else 1
+        except Exception:  # a broken EXIF block: decoding will ignore it too
+            orientation = 1
+        return Header(fmt, img.width, img.height, img.mode, orientation if 1 <= orientation <= 8 else 1)
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the shortest side scaled to `size`: the geometry of every decoder here."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
 
 
 def load_image(data: bytes | Path, *, min_side: int = 224, max_pixels: int = 100_000_000) -> LoadedImage:
@@ -98,8 +123,7 @@ def thumbnail_webp(data: bytes | Path, side: int) -> bytes:
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     """Resize the shortest side to `size` (bicubic), centre-crop to size×size; uint8 HWC array."""
     width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    new_w, new_h = resized_size(width, height, size)
     if (new_w, new_h) != (width, height):
         # reducing_gap: a cheap box reduction first, then bicubic; visually identical, several times faster
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)

@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +28,7 @@ from typing import Protocol
 import redis
 
 from shared.backends import BackendUnavailable, VectorBackend
+from shared.decode import Decoder, StageTimes
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
 from shared.imaging import describe_non_image, sniff
@@ -311,8 +311,8 @@ def ingest_files(
     backend: VectorBackend,
     embedder: Embedder,
     manifest: Manifest,
-    pool: Executor,
-    max_pixels: int,
+    decoder: Decoder,
+    times: StageTimes | None = None,
 ) -> BatchResult:
     """Read a batch of files by path, copy the new ones into the store, embed and upsert them.
 
@@ -321,18 +321,21 @@ def ingest_files(
     """
     refs = [FileRef(item["path"], int(item["size"]), int(item["mtime_ns"])) for item in items]
 
+    times = times or StageTimes()
+
     def read(ref: FileRef) -> tuple[FileRef, str, bytes] | FileError:
-        try:
-            data = Path(ref.path).read_bytes()
-        except OSError as exc:
-            return FileError(None, ref.path, f"cannot read the file: {exc.strerror or exc}")
-        # Stored here, in parallel; bytes already in the store are not written again.
-        image_id, created = images.put(data, sync=False)
+        with times.timing("read"):
+            try:
+                data = Path(ref.path).read_bytes()
+            except OSError as exc:
+                return FileError(None, ref.path, f"cannot read the file: {exc.strerror or exc}")
+            # Stored here, in parallel; bytes already in the store are not written again.
+            image_id, created = images.put(data, sync=False)
         written.append(created)
         return ref, image_id, data
 
     written: list[bool] = []
-    read_results = list(pool.map(read, refs))
+    read_results = list(decoder.pool.map(read, refs))
     if any(written):
         images.sync_all()  # durable before anything points at these files
     errors = [r for r in read_results if isinstance(r, FileError)]
@@ -351,8 +354,8 @@ def ingest_files(
             pending[image_id] = Pending(image_id, os.path.basename(ref.path), data, len(data))
             owners[image_id] = [ref]
 
-    embedded, failed = embed_pending(list(pending.values()), backend=backend, embedder=embedder, pool=pool,
-                                     max_pixels=max_pixels)
+    embedded, failed = embed_pending(list(pending.values()), backend=backend, embedder=embedder, decoder=decoder,
+                                     times=times)
     ok: list[tuple[FileRef, str]] = []
     for image_id, same_content in owners.items():
         if image_id in failed:

@@ -81,7 +81,20 @@ class JobStore:
     @staticmethod
     def _keys(job_id: str) -> list[str]:
         base = _PREFIX + job_id
-        return [base, base + ":batches", base + ":errors", base + ":skips"]
+        return [base, base + ":batches", base + ":errors", base + ":skips", base + ":stages"]
+
+    def add_stage_times(self, job_id: str, seconds: dict[str, float]) -> None:
+        """Add a batch's seconds per stage (read, decode, transfer, encode, upsert): where a job's time goes.
+        Diagnostic only: a redelivered batch adds its times again."""
+        if not is_job_id(job_id):
+            return
+        key = self._keys(job_id)[4]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for stage, value in seconds.items():
+                pipe.hincrbyfloat(key, stage, value)
+            pipe.hincrby(key, "batches", 1)
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
 
     def create(self, *, total: int = 0, kind: str = "upload", sealed: bool = True, **info: str) -> str:
         """A new queued job expecting `total` images (more may be added until it is sealed)."""
@@ -127,17 +140,18 @@ class JobStore:
         for reason, n in reasons.items():
             args += [reason, n]
         args += [json.dumps(asdict(err)) for err in errors]
-        return self._update(keys=self._keys(job_id), args=args) == 1
+        return self._update(keys=self._keys(job_id)[:4], args=args) == 1
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         if not is_job_id(job_id):
             return None
-        key, _, errors_key, skips_key = self._keys(job_id)
+        key, _, errors_key, skips_key, stages_key = self._keys(job_id)
         with self.redis.pipeline() as pipe:
             pipe.hgetall(key)
             pipe.lrange(errors_key, 0, -1)
             pipe.hgetall(skips_key)
-            fields, errors, skips = pipe.execute()
+            pipe.hgetall(stages_key)
+            fields, errors, skips, stages = pipe.execute()
         if not fields:
             return None
         f = {k.decode(): v.decode() for k, v in fields.items()}
@@ -159,4 +173,7 @@ class JobStore:
         job["eta_s"] = round(remaining / rate, 1) if rate and not job.get("walking") and remaining > 0 else (
             0.0 if remaining <= 0 and f.get("sealed") == "1" else None)
         job.update(created_at=float(f["created_at"]), started_at=started, updated_at=updated)
+        if stages:  # seconds per stage summed over batches (read and decode also over decode threads)
+            job["stage_s"] = {k.decode(): round(float(v), 3) for k, v in stages.items() if k != b"batches"}
+            job["stage_s"]["batches"] = int(stages.get(b"batches", 0))
         return job

@@ -12,14 +12,12 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from shared.backends import BackendUnavailable, Hit, ImageRecord, VectorBackend
+from shared.decode import Decoder, StageTimes
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
 from shared.imaging import ImageError, load_image, probe, to_model_input
@@ -153,8 +151,8 @@ def embed_batch(
     images: ImageStore,
     backend: VectorBackend,
     embedder: Embedder,
-    pool: Executor,
-    max_pixels: int,
+    decoder: Decoder,
+    times: StageTimes | None = None,
 ) -> BatchResult:
     """Embed a batch of stored uploads ({"id", "filename"} items) and upsert it in one backend call.
 
@@ -168,7 +166,7 @@ def embed_batch(
             pending.append(Pending(item["id"], item["filename"], path, path.stat().st_size))
         except FileNotFoundError:
             errors.append(FileError(item["id"], item["filename"], "image file missing from the store"))
-    done, failed = embed_pending(pending, backend=backend, embedder=embedder, pool=pool, max_pixels=max_pixels)
+    done, failed = embed_pending(pending, backend=backend, embedder=embedder, decoder=decoder, times=times)
     for p in pending:
         if p.id in failed:
             images.delete(p.id)
@@ -177,32 +175,23 @@ def embed_batch(
 
 
 def embed_pending(
-    pending: Sequence[Pending], *, backend: VectorBackend, embedder: Embedder, pool: Executor, max_pixels: int
+    pending: Sequence[Pending], *, backend: VectorBackend, embedder: Embedder, decoder: Decoder,
+    times: StageTimes | None = None,
 ) -> tuple[int, dict[str, str]]:
-    """Decode in parallel, embed in one model call, upsert in one backend call.
-
-    Returns how many were embedded and {id: why} for those that could not be decoded.
+    """Decode the batch (CPU pool and/or GPU, see shared/decode.py), embed it in one model call, upsert it
+    in one backend call. Returns how many were embedded and {id: why} for those that could not be decoded.
     """
-    size = embedder.image_size
-
-    def prepare(p: Pending) -> tuple[ImageRecord, np.ndarray] | tuple[str, str]:
-        try:
-            loaded = load_image(p.source, min_side=size, max_pixels=max_pixels)
-            pixels = to_model_input(loaded.image, size)
-        except ImageError as exc:
-            return p.id, str(exc)
-        except OSError as exc:
-            return p.id, f"cannot read the image file: {exc}"
-        record = ImageRecord(id=p.id, filename=p.filename, size_bytes=p.size_bytes, format=loaded.format,
-                             width=loaded.width, height=loaded.height, model=embedder.info.label())
-        return record, pixels
-
-    prepared = list(pool.map(prepare, pending))
-    good = [p for p in prepared if isinstance(p[0], ImageRecord)]
+    times = times or StageTimes()
+    decoded, failed = decoder.decode([(p.id, p.source) for p in pending], times)
+    good = [p for p in pending if p.id in decoded]
     if good:
-        vectors = embedder.encode_images([pixels for _, pixels in good])
-        backend.upsert([record for record, _ in good], vectors)
-    return len(good), {image_id: why for image_id, why in prepared if isinstance(image_id, str)}
+        vectors = embedder.encode_images([decoded[p.id].pixels for p in good], times)
+        records = [ImageRecord(id=p.id, filename=p.filename, size_bytes=p.size_bytes, format=decoded[p.id].format,
+                               width=decoded[p.id].width, height=decoded[p.id].height, model=embedder.info.label())
+                   for p in good]
+        with times.timing("upsert"):
+            backend.upsert(records, vectors)
+    return len(good), failed
 
 
 def search_image(

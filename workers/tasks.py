@@ -19,6 +19,7 @@ from celery.signals import worker_ready
 
 from shared.backends import BackendUnavailable, VectorBackend, make_backend
 from shared.config import Settings, get_settings
+from shared.decode import Decoder, StageTimes, decode_mode
 from shared.embedder import Embedder, load_embedder
 from shared.imagestore import ImageStore
 from shared.ingest import RedisManifest, ingest_files
@@ -41,7 +42,7 @@ class WorkerContext:
     embedder: Embedder
     jobs: JobStore
     manifest: RedisManifest
-    pool: ThreadPoolExecutor
+    decoder: Decoder
 
 
 _context_lock = threading.Lock()
@@ -61,6 +62,7 @@ def _build_context() -> WorkerContext:
     backend.ensure_schema(embedder.info)
     threads = settings.decode_threads or os.cpu_count() or 1
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
     return WorkerContext(
         settings=settings,
         images=ImageStore(settings.images_dir),
@@ -68,7 +70,9 @@ def _build_context() -> WorkerContext:
         embedder=embedder,
         jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400),
         manifest=RedisManifest(client),
-        pool=ThreadPoolExecutor(threads, thread_name_prefix="decode"),
+        decoder=Decoder(pool, size=embedder.image_size, max_pixels=settings.max_image_pixels,
+                        mode=decode_mode(settings.decode, str(embedder.device)), device=str(embedder.device),
+                        pool_threads=threads),
     )
 
 
@@ -82,25 +86,25 @@ def _load_on_start(**_: object) -> None:
 def embed_batch_task(self: Task, job_id: str, batch_key: str, items: list[dict[str, str]]) -> dict[str, int]:
     """Embed one batch of uploaded images (already in the store) for job `job_id`."""
     ctx = context()
-    return _run(self, ctx, job_id, batch_key, items, lambda: embed_batch(
-        items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, pool=ctx.pool,
-        max_pixels=ctx.settings.max_image_pixels))
+    return _run(self, ctx, job_id, batch_key, items, lambda times: embed_batch(
+        items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, decoder=ctx.decoder, times=times))
 
 
 @app.task(name=INGEST_FILES, bind=True, max_retries=get_settings().task_max_retries)
 def ingest_files_task(self: Task, job_id: str, batch_key: str, items: list[dict]) -> dict[str, int]:
     """Read, store, embed one batch of files given by path (a folder ingest) for job `job_id`."""
     ctx = context()
-    return _run(self, ctx, job_id, batch_key, items, lambda: ingest_files(
+    return _run(self, ctx, job_id, batch_key, items, lambda times: ingest_files(
         items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, manifest=ctx.manifest,
-        pool=ctx.pool, max_pixels=ctx.settings.max_image_pixels))
+        decoder=ctx.decoder, times=times))
 
 
 @app.task(name=RECONCILE, acks_late=False)
 def reconcile_task(delete_orphans: bool = False) -> dict:
     """Re-queue stored images that have no vector, report (or delete) vectors whose file is gone."""
     ctx = context()
-    report = reconcile(images=ctx.images, backend=ctx.backend, jobs=ctx.jobs, batch_size=ctx.settings.batch_size,
+    report = reconcile(images=ctx.images, backend=ctx.backend, jobs=ctx.jobs,
+                       batch_size=ctx.settings.effective_batch_size,
                        enqueue=lambda j, key, items: send_batch(app, EMBED_BATCH, j, key, items),
                        delete_orphans=delete_orphans).as_dict()
     report["finished_at"] = time.time()
@@ -109,13 +113,17 @@ def reconcile_task(delete_orphans: bool = False) -> dict:
 
 
 def _run(task: Task, ctx: WorkerContext, job_id: str, batch_key: str, items: list[dict],
-         work: Callable[[], BatchResult]) -> dict[str, int]:
+         work: Callable[[StageTimes], BatchResult]) -> dict[str, int]:
     """Do the work, report it to the job once, retry the whole batch with backoff on outages."""
     try:
         ctx.jobs.mark_running(job_id)
-        result = work()
+        times = StageTimes()
+        result = work(times)
+        ctx.jobs.add_stage_times(job_id, times.as_dict())
         ctx.jobs.finish_batch(job_id, batch_key, done=result.done, errors=result.errors,
                               duplicates=result.duplicates)
+        log.info("batch %s/%s: %d done, %d failed; seconds %s", job_id, batch_key, result.done,
+                 len(result.errors), times.as_dict())
     except RETRYABLE as exc:
         if task.request.retries >= task.max_retries:
             _fail_batch(ctx, job_id, batch_key, items, f"gave up after {task.max_retries} retries: {exc}")
