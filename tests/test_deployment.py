@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from scripts.devservices import REPO
@@ -60,3 +61,24 @@ def test_dockerfiles_copy_what_exists_and_start_real_entry_points():
 
 def test_no_github_actions():
     assert not (REPO / ".github").exists()
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Reads Compose's merge tags (!reset, !override) as plain values."""
+
+
+_ComposeLoader.add_multi_constructor("!", lambda loader, tag, node: (
+    loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
+    else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)))
+
+
+@pytest.mark.parametrize("name", ["docker-compose.cpu.yml", "docker-compose.gpus.yml"])
+def test_override_files_extend_real_services(name):
+    override = yaml.load((REPO / name).read_text(), Loader=_ComposeLoader)
+    for service, spec in override["services"].items():
+        base = spec.get("extends", {}).get("service", service)
+        assert base in COMPOSE["services"], f"{name}: {service} extends unknown {base}"
+        if "build" in spec:
+            assert (REPO / spec["build"]["dockerfile"]).exists()
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (REPO / name).read_text()))
+    assert used - set(example_vars()) == set()
