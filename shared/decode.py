@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 DecodeMode = Literal["auto", "cpu", "gpu"]
 STAGES = ("read", "decode", "transfer", "encode", "upsert")
 TENSOR_MODES = ("RGB", "L")  # JPEG colour modes nvJPEG decodes like Pillow does (CMYK etc. go to the CPU)
+GPU_PIXELS_PER_CALL = 256_000_000  # decoded at full size: ~0.8 GB of RGB per nvJPEG call (21 photos of 12 MP)
 
 
 @dataclass
@@ -70,6 +71,9 @@ class Decoded:
     width: int
     height: int
     pixels: Any
+
+
+Outcome = tuple[str, Decoded | str]  # (key, the decoded image or why it failed)
 
 
 def decode_mode(setting: DecodeMode, device: str) -> DecodeMode:
@@ -116,18 +120,22 @@ class Decoder:
             jpegs = jpegs[n_cpu:]
         # The CPU pool works on its share while this thread feeds the GPU (no pool thread waits on another).
         started = time.perf_counter()
-        cpu_work = [self.pool.submit(self._decode_one, item, times) for item in rest]
+        cpu_work = [self.pool.submit(self._decode_timed, item, times) for item in rest]
         decoded, gpu_failed = self._decode_tensors(jpegs, times) if jpegs else ({}, set())
         gpu_done = time.perf_counter()
-        retry = [(key, data) for key, data, _ in jpegs if key in gpu_failed]
-        results = [f.result() for f in cpu_work] + [self._decode_one(item, times) for item in retry]
-        if rest:
-            self._learn("cpu", len(rest), time.perf_counter() - started)
+        cpu_results = [f.result() for f in cpu_work]
+        if cpu_results:  # each path's rate from when its own work finished, so the split converges
+            self._learn("cpu", len(rest), max(done for _, done in cpu_results) - started)
         if jpegs:
             self._learn("gpu", len(jpegs), gpu_done - started)
+        retry = [(key, data) for key, data, _ in jpegs if key in gpu_failed]
+        results = [r for r, _ in cpu_results] + [self._decode_one(item, times) for item in retry]
         decoded.update({k: r for k, r in results if isinstance(r, Decoded)})
         failed.update({k: r for k, r in results if isinstance(r, str)})
         return decoded, failed
+
+    def _decode_timed(self, item: tuple[str, bytes | Path], times: StageTimes) -> tuple[Outcome, float]:
+        return self._decode_one(item, times), time.perf_counter()
 
     def _learn(self, path: str, n: int, seconds: float) -> None:
         if n and seconds > 0:
@@ -149,7 +157,7 @@ class Decoder:
         except ImageError as exc:
             return data, str(exc)
 
-    def _decode_one(self, item: tuple[str, bytes | Path], times: StageTimes) -> tuple[str, Decoded | str]:
+    def _decode_one(self, item: tuple[str, bytes | Path], times: StageTimes) -> Outcome:
         key, source = item
         try:
             data = self._read(source, times)
@@ -170,15 +178,34 @@ class Decoder:
 
     def _decode_tensors(self, jpegs: list[tuple[str, bytes, Header]],
                         times: StageTimes) -> tuple[dict[str, Decoded], set[str]]:
+        decoded: dict[str, Decoded] = {}
+        failed: set[str] = set()
         with times.timing("decode"):
-            images, failed = decode_jpegs([data for _, data, _ in jpegs], self.device)
-            decoded = {}
-            for (key, _, h), image in zip(jpegs, images, strict=True):
-                if image is not None:
-                    pixels = resize_crop(orient(image, h.orientation), self.size)
-                    decoded[key] = Decoded(h.format, h.width, h.height, pixels)
+            for chunk in _by_pixels(jpegs, GPU_PIXELS_PER_CALL):  # full-size decodes: bound the GPU memory
+                images, bad = decode_jpegs([data for _, data, _ in chunk], self.device)
+                failed.update(chunk[i][0] for i in bad)
+                for (key, _, h), image in zip(chunk, images, strict=True):
+                    if image is not None:
+                        pixels = resize_crop(orient(image, h.orientation), self.size)
+                        decoded[key] = Decoded(h.format, h.width, h.height, pixels)
+                del images
             synchronize(self.device)
-        return decoded, {jpegs[i][0] for i in failed}
+        return decoded, failed
+
+
+def _by_pixels(jpegs: list[tuple[str, bytes, Header]], budget: int) -> Iterator[list[tuple[str, bytes, Header]]]:
+    """Consecutive chunks whose decoded size stays under `budget` pixels (at least one image each)."""
+    chunk: list[tuple[str, bytes, Header]] = []
+    pixels = 0
+    for item in jpegs:
+        size = item[2].width * item[2].height
+        if chunk and pixels + size > budget:
+            yield chunk
+            chunk, pixels = [], 0
+        chunk.append(item)
+        pixels += size
+    if chunk:
+        yield chunk
 
 
 def decode_jpegs(datas: list[bytes], device: str) -> tuple[list[torch.Tensor | None], list[int]]:

@@ -137,3 +137,19 @@ def test_jobs_record_seconds_per_stage(client):
     stages = job["stage_s"]
     assert set(stages) == {"read", "decode", "transfer", "encode", "upsert", "batches"}
     assert stages["batches"] >= 1 and stages["decode"] > 0 and stages["encode"] > 0 and stages["upsert"] > 0
+
+
+def test_gpu_decodes_are_chunked_by_pixels(pool, monkeypatch):
+    """Full-size decodes are split into calls under GPU_PIXELS_PER_CALL; the result does not change."""
+    import shared.decode
+
+    batch = [(f"k{n}", jpeg(30 + n, (640, 480))) for n in range(5)]
+    whole = Decoder(pool, size=64, max_pixels=10**8, mode="gpu").decode(batch)[0]
+    monkeypatch.setattr(shared.decode, "GPU_PIXELS_PER_CALL", 2 * 640 * 480)
+    calls = []
+    real = shared.decode.decode_jpegs
+    monkeypatch.setattr(shared.decode, "decode_jpegs", lambda datas, device: calls.append(len(datas)) or
+                        real(datas, device))
+    chunked = Decoder(pool, size=64, max_pixels=10**8, mode="gpu").decode(batch)[0]
+    assert calls == [2, 2, 1]
+    assert all(torch.equal(whole[k].pixels, chunked[k].pixels) for k in whole)
