@@ -51,8 +51,8 @@ class Settings(BaseSettings):
 
     # pgvector index and search parameters
     pg_hnsw_m: int = Field(16, ge=2, le=100)
-    pg_hnsw_ef_construction: int = Field(64, ge=4, le=1000)
-    pg_ef_search: int = Field(200, ge=1, le=1000)
+    pg_hnsw_ef_construction: int = Field(96, ge=4, le=1000)
+    pg_ef_search: int = Field(150, ge=1, le=1000)
     pg_index_type: Literal["vector", "halfvec"] = "halfvec"
     pg_rerank: int = Field(0, ge=0, le=1000)
     pg_pool_size: int = Field(4, ge=1, le=100)

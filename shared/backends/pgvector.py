@@ -54,7 +54,7 @@ def embedded_database_url(settings: Settings) -> str:
 class PgVectorBackend:
     name = "pgvector"
 
-    def __init__(self, url: str, *, ef_search: int = 200, hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+    def __init__(self, url: str, *, ef_search: int = 150, hnsw_m: int = 16, hnsw_ef_construction: int = 96,
                  index_type: str = "halfvec", rerank: int = 0, pool_size: int = 4,
                  connect_timeout: float = 5.0) -> None:
         """`index_type` "halfvec" indexes a half-precision copy of each vector (half the memory, faster
