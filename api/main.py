@@ -16,6 +16,7 @@ from api.limits import BodySizeLimit
 from api.routes import admin, health, images, ingest, jobs, search
 from api.security import key_matches
 from shared.backends import BackendError, BackendUnavailable, make_backend
+from shared.batching import BatchingEmbedder
 from shared.config import Settings, get_settings
 from shared.embedder import load_embedder
 from shared.imagestore import ImageStore
@@ -31,7 +32,7 @@ UI_PATH = "/ui"
 
 
 def build_services(settings: Settings) -> Services:
-    embedder = load_embedder(settings)
+    embedder = BatchingEmbedder(load_embedder(settings))  # concurrent searches share model calls
     backend = make_backend(settings)
     try:
         backend.ensure_schema(embedder.info)
