@@ -26,9 +26,10 @@ POLL_S = 0.5
 FINAL_STATES = {"completed", "completed_with_errors", "failed"}
 ERRORS_SHOWN = 200
 CSS = """
-#px-title { font-size: 1.6em; font-weight: 600; }
+#px-title, #px-title * { font-size: 1.5rem !important; font-weight: 600; }
 .px-progress progress { width: 100%; height: 1.4em; }
 .px-error { color: var(--error-text-color, #b91c1c); }
+#px-results .fixed-height { max-height: none; min-height: 0; }  /* every result on the page, not a scroll box */
 """
 
 Gallery = list[tuple[str, str]]
