@@ -238,9 +238,13 @@ def walk_folder(
 
     def send(items: list[dict]) -> None:
         nonlocal batch_no
+        waiting_since = time.monotonic()
         while queue_depth() >= max_queued:
             if stop is not None and stop.is_set():
                 raise InterruptedError
+            if time.monotonic() - waiting_since > 10:
+                jobs.touch(job_id)  # still alive, only waiting for the workers
+                waiting_since = time.monotonic()
             time.sleep(0.05)
         jobs.add(job_id, counts={"total": len(items)})
         enqueue(job_id, f"w{batch_no}", items)

@@ -25,6 +25,7 @@ import redis
 _PREFIX = "proxima:job:"
 MAX_ERRORS_KEPT = 10_000
 COUNTERS = ("total", "done", "failed", "seen", "skipped", "duplicates")
+WALK_STALE_S = 120  # an open job nobody added to for this long is reported as interrupted
 
 _UPDATE = """
 -- KEYS: job hash, batch-key set, errors list, skip-reasons hash
@@ -103,7 +104,7 @@ class JobStore:
         key = self._keys(job_id)[0]
         fields: dict[str, Any] = {name: 0 for name in COUNTERS}
         fields.update(kind=kind, state="queued", total=total, sealed=int(sealed), created_at=now,
-                      updated_at=now, **info)
+                      updated_at=now, alive_at=now, **info)
         self.redis.hset(key, mapping=fields)
         self.redis.expire(key, self.ttl_s)
         return job_id
@@ -124,8 +125,17 @@ class JobStore:
 
     def add(self, job_id: str, *, counts: dict[str, int], reasons: dict[str, int] | None = None,
             seal: bool = False) -> None:
-        """Progress of a folder walk: add counters and skip reasons; `seal` once nothing more will come."""
-        self._apply(job_id, "", counts, reasons=reasons or {}, seal=seal)
+        """Progress of a folder walk: add counters and skip reasons; `seal` once nothing more will come.
+        Also a sign of life of whoever adds to the job (see `touch`)."""
+        if self._apply(job_id, "", counts, reasons=reasons or {}, seal=seal):
+            self.touch(job_id)
+
+    def touch(self, job_id: str) -> None:
+        """The walk (or client) adding to this open job is alive. One silent for WALK_STALE_S is reported as
+        `interrupted` (its process died before sealing the job): run the same ingest again to finish."""
+        key = self._keys(job_id)[0]
+        if self.redis.exists(key):
+            self.redis.hset(key, "alive_at", time.time())
 
     def _apply(self, job_id: str, batch_key: str, counts: dict[str, int], *, errors: list[FileError] = (),
                reasons: dict[str, int] | None = None, seal: bool = False) -> bool:
@@ -164,6 +174,10 @@ class JobStore:
             job["path"] = f.get("path")
             job["walking"] = f.get("sealed") != "1"
             job["skipped_reasons"] = {k.decode(): int(v) for k, v in skips.items()}
+            alive = float(f.get("alive_at") or f["updated_at"])
+            if job["walking"] and time.time() - alive > WALK_STALE_S:
+                job["walking"] = False
+                job["interrupted"] = True  # nobody has added to it for a while: its walk died unsealed
         started = float(f.get("started_at", 0)) or None
         updated = float(f["updated_at"])
         processed = job["done"] + job["failed"]

@@ -52,3 +52,23 @@ def test_error_list_is_capped(redis_url):
     jobs.finish_batch(job_id, "b0", done=0, errors=errors)
     job = jobs.get(job_id)
     assert job["failed"] == MAX_ERRORS_KEPT + 5 and len(job["errors"]) == MAX_ERRORS_KEPT
+
+
+def test_an_open_job_nobody_adds_to_is_reported_interrupted(redis_url):
+    import time
+
+    from shared.jobs import WALK_STALE_S
+
+    jobs = make_store(redis_url)
+    job_id = jobs.create(kind="folder", sealed=False, path="/photos")
+    jobs.add(job_id, counts={"seen": 3, "total": 2})
+    assert jobs.get(job_id)["walking"] and "interrupted" not in jobs.get(job_id)
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"proxima:job:{job_id}", "alive_at", time.time() - WALK_STALE_S - 1)  # as if its walk died
+    job = jobs.get(job_id)
+    assert (job["walking"], job["interrupted"]) == (False, True)
+    jobs.add(job_id, counts={"seen": 1})  # the walk was only slow: alive again
+    assert jobs.get(job_id)["walking"] and "interrupted" not in jobs.get(job_id)
+    client.hset(f"proxima:job:{job_id}", "alive_at", time.time() - WALK_STALE_S - 1)
+    jobs.add(job_id, counts={}, seal=True)  # a sealed job is never "interrupted"
+    assert "interrupted" not in jobs.get(job_id) and not jobs.get(job_id)["walking"]

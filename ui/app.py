@@ -100,6 +100,8 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 yield _progress(lang, job), _errors(lang, job)
                 if job["state"] in FINAL_STATES and not job.get("walking"):
                     return
+                if job.get("interrupted") and job["done"] + job["failed"] >= job["total"]:
+                    return  # its walk died before the end: what was queued is done
             time.sleep(POLL_S)
 
     def upload(paths: list[str] | None, request: gr.Request) -> Iterator[tuple[str, str]]:
@@ -186,6 +188,8 @@ def _progress(lang: str, job: dict[str, Any]) -> str:
         text += t(lang, "job_eta", eta=job["eta_s"])
     if job.get("walking"):
         text += t(lang, "job_walking")
+    if job.get("interrupted"):
+        text += t(lang, "job_interrupted")
     maximum = max(job["total"], 1)
     return (f'<div class="px-progress" data-state="{html.escape(job["state"])}" data-done="{job["done"]}" '
             f'data-failed="{job["failed"]}" data-total="{job["total"]}">'

@@ -46,6 +46,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "job_rate": ", {rate:.1f} images/s",
         "job_eta": ", about {eta:.0f} s left",
         "job_walking": " (still walking the folder)",
+        "job_interrupted": ". The folder walk stopped before the end (its process was stopped): start the same "
+                           "ingest again to add the rest; what is already indexed is skipped",
         "errors_header": "Files that could not be indexed",
         "status_backend": "Vector database",
         "status_model": "Model",
@@ -98,6 +100,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "job_rate": ", {rate:.1f} imágenes/s",
         "job_eta": ", faltan unos {eta:.0f} s",
         "job_walking": " (aún recorriendo la carpeta)",
+        "job_interrupted": ". El recorrido de la carpeta se detuvo antes del final (su proceso se paró): vuelve a "
+                           "lanzar la misma ingesta para añadir el resto; lo ya indexado se omite",
         "errors_header": "Archivos que no se pudieron indexar",
         "status_backend": "Base de datos vectorial",
         "status_model": "Modelo",
