@@ -27,13 +27,13 @@ from typing import Protocol
 
 import redis
 
-from shared.backends import BackendUnavailable, VectorBackend
+from shared.backends import VectorBackend
 from shared.decode import Decoder, StageTimes
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
 from shared.imaging import describe_non_image, sniff
 from shared.jobs import FileError, JobStore
-from shared.pipeline import BatchResult, Enqueue, Pending, embed_pending
+from shared.pipeline import BatchResult, Enqueue, Pending, embed_pending, indexed_ids
 
 _CHUNK = 512  # files looked up in the manifest (and backend) per round trip
 
@@ -253,7 +253,7 @@ def walk_folder(
 
     def flush_pending() -> None:
         known = manifest.lookup(pending)
-        still_indexed = _indexed(backend, [i for i in known if i])
+        still_indexed = indexed_ids(backend, [i for i in known if i])
         for ref, image_id in zip(pending, known, strict=True):
             if image_id and image_id in still_indexed:
                 stats.duplicates += 1
@@ -294,15 +294,6 @@ def walk_folder(
         stats.walking = False
         report(seal=True)
     return stats
-
-
-def _indexed(backend: VectorBackend, ids: list[str]) -> set[str]:
-    if not ids:
-        return set()
-    try:
-        return set(backend.get(ids))
-    except BackendUnavailable:
-        return set()  # can't tell: queue them again (the worker will find them already indexed)
 
 
 # --- the worker side --------------------------------------------------------------------------------

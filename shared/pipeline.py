@@ -97,7 +97,7 @@ def accept_uploads(
             existing.append(image_id)
         results.append(Accepted(image_id, filename, "queued"))
 
-    indexed = _indexed_ids(backend, existing)
+    indexed = indexed_ids(backend, existing)
     results = [
         Accepted(r.id, r.filename, "duplicate") if r.status == "queued" and r.id in indexed else r
         for r in results
@@ -117,14 +117,15 @@ def accept_uploads(
     return job_id, results
 
 
-def _indexed_ids(backend: VectorBackend, ids: Sequence[str]) -> set[str]:
+def indexed_ids(backend: VectorBackend, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` the backend has; none if it cannot tell right now (they are then embedded again:
+    upserts are idempotent, so the worst case is wasted work, never a loss)."""
     if not ids:
         return set()
     try:
         return set(backend.get(ids))
     except BackendUnavailable:
-        # Can't tell: embed again. Upserts are idempotent, so the worst case is wasted work, never a loss.
-        log.warning("backend unavailable while checking %d stored uploads; re-embedding them", len(ids))
+        log.warning("backend unavailable while checking %d images; queueing them again", len(ids))
         return set()
 
 
