@@ -106,13 +106,17 @@ class Decoder:
         times = times or StageTimes()
         if self.mode == "cpu":
             return self._decode_cpu(items, times)
-        headers = list(self.pool.map(lambda item: self._header(item, times), items))
-        failed = {key: h for (key, _), (_, h) in zip(items, headers, strict=True) if isinstance(h, str)}
-        jpegs = [(key, data, h) for (key, _), (data, h) in zip(items, headers, strict=True)
-                 if isinstance(h, Header) and h.format == "JPEG" and h.mode in TENSOR_MODES]
-        on_gpu = {key for key, _, _ in jpegs}
-        rest = [(key, data) for (key, _), (data, h) in zip(items, headers, strict=True)
-                if isinstance(h, Header) and key not in on_gpu]
+        failed: dict[str, str] = {}
+        jpegs: list[tuple[str, bytes, Header]] = []  # for the tensor path
+        rest: list[tuple[str, bytes | Path]] = []  # for Pillow
+        for (key, _), (data, h) in zip(items, self.pool.map(lambda item: self._header(item, times), items),
+                                       strict=True):
+            if isinstance(h, str):
+                failed[key] = h
+            elif h.format == "JPEG" and h.mode in TENSOR_MODES:
+                jpegs.append((key, data, h))
+            else:
+                rest.append((key, data))
         if self.mode == "auto" and jpegs:
             share = self._rates["cpu"] / (self._rates["cpu"] + self._rates["gpu"])
             n_cpu = int(len(jpegs) * share)

@@ -54,6 +54,7 @@ if f[4] == '1' and done + failed >= total then
   else state = 'completed_with_errors' end
 elseif done + failed > 0 then state = 'running' end
 redis.call('HSET', KEYS[1], 'state', state, 'updated_at', ARGV[2])
+if ARGV[1] == '' then redis.call('HSET', KEYS[1], 'alive_at', ARGV[2]) end  -- an add: its walk is alive
 for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ARGV[3]) end
 return 1
 """
@@ -127,8 +128,7 @@ class JobStore:
             seal: bool = False) -> None:
         """Progress of a folder walk: add counters and skip reasons; `seal` once nothing more will come.
         Also a sign of life of whoever adds to the job (see `touch`)."""
-        if self._apply(job_id, "", counts, reasons=reasons or {}, seal=seal):
-            self.touch(job_id)
+        self._apply(job_id, "", counts, reasons=reasons or {}, seal=seal)
 
     def touch(self, job_id: str) -> None:
         """The walk (or client) adding to this open job is alive. One silent for WALK_STALE_S is reported as

@@ -194,7 +194,7 @@ def _progress(lang: str, job: dict[str, Any]) -> str:
     return (f'<div class="px-progress" data-state="{html.escape(job["state"])}" data-done="{job["done"]}" '
             f'data-failed="{job["failed"]}" data-total="{job["total"]}">'
             f'<progress value="{min(processed, maximum)}" max="{maximum}"></progress>'
-            f"<p>{html.escape(text).replace('**', '')}</p></div>")
+            f"<p>{html.escape(text)}</p></div>")
 
 
 def _errors(lang: str, job: dict[str, Any]) -> str:
