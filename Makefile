@@ -31,11 +31,13 @@ up: venv redis-server
 
 test: venv redis-server chromium
 	$(PY) -m ruff check .
+	$(PY) -m mypy api workers shared ui
 	$(PY) -m pytest
 
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy api workers shared ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,10 +6,11 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException
+from fastapi import Depends, Header
 
-from api.deps import ServicesDep
+from api.deps import ProximaDep
 from shared.config import Settings
+from shared.types import AccessDenied
 
 
 def key_matches(settings: Settings, given: str | None) -> bool:
@@ -18,17 +19,16 @@ def key_matches(settings: Settings, given: str | None) -> bool:
     return not expected or (given is not None and secrets.compare_digest(given.encode(), expected.encode()))
 
 
-def require_key(services: ServicesDep,
+def require_key(proxima: ProximaDep,
                 x_api_key: Annotated[str | None, Header(description="the API key, when API_KEY is set")] = None,
                 ) -> None:
-    if not key_matches(services.settings, x_api_key):
-        raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header",
-                            headers={"WWW-Authenticate": "X-API-Key"})
+    if not key_matches(proxima.settings, x_api_key):
+        raise AccessDenied("missing or wrong API key: send it in the X-API-Key header")
 
 
-def require_search_key(services: ServicesDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
-    if not services.settings.public_search:
-        require_key(services, x_api_key)
+def require_search_key(proxima: ProximaDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    if not proxima.settings.public_search:
+        require_key(proxima, x_api_key)
 
 
 WriteAccess = [Depends(require_key)]

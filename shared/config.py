@@ -1,10 +1,11 @@
-"""All settings in one place, read from the environment (and `.env`).
+"""All settings in one place, read from the environment (and `.env`, or the file PROXIMA_ENV_FILE names).
 
 Every field is documented in `.env.example`; the environment variable is the field name in upper case.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -97,9 +98,9 @@ class Settings(BaseSettings):
         """BATCH_SIZE, or the automatic default: 256 when this process would run the model on CUDA, else 32."""
         if self.batch_size:
             return self.batch_size
-        from shared.embedder import resolve_device  # torch only when the default must be worked out
+        from shared.device import default_batch_size  # torch only when the default must be worked out
 
-        return 256 if resolve_device(self.device).startswith("cuda") else 32
+        return default_batch_size(self.device)
 
     @property
     def images_dir(self) -> Path:
@@ -120,4 +121,9 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings of this process, read once when it first asks (at start-up, never at import).
+
+    From the environment and the file named by PROXIMA_ENV_FILE (default `.env` in the working directory;
+    empty: no file, as for the processes tests start)."""
+    env_file = os.environ.get("PROXIMA_ENV_FILE", ".env")
+    return Settings(_env_file=env_file or None)

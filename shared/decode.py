@@ -15,52 +15,25 @@ imported only when the tensor path runs, so this module imports on machines with
 
 from __future__ import annotations
 
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from shared.imaging import Header, ImageError, header, load_image, resized_size, to_model_input
+from shared.imaging import Header, header, load_image, resized_size, to_model_input
+from shared.types import ImageError, StageTimes
 
 if TYPE_CHECKING:
     import torch
 
 DecodeMode = Literal["auto", "cpu", "gpu"]
-STAGES = ("read", "decode", "transfer", "encode", "upsert")
 TENSOR_MODES = ("RGB", "L")  # JPEG colour modes nvJPEG decodes like Pillow does (CMYK etc. go to the CPU)
 GPU_PIXELS_PER_CALL = 256_000_000  # decoded at full size: ~0.8 GB of RGB per nvJPEG call (21 photos of 12 MP)
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per stage of a batch. read and decode are summed over the pool's threads."""
-
-    read: float = 0.0
-    decode: float = 0.0
-    transfer: float = 0.0
-    encode: float = 0.0
-    upsert: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    @contextmanager
-    def timing(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - started
-            with self._lock:
-                setattr(self, stage, getattr(self, stage) + elapsed)
-
-    def as_dict(self) -> dict[str, float]:
-        return {stage: round(getattr(self, stage), 4) for stage in STAGES}
 
 
 @dataclass(frozen=True)
@@ -290,4 +263,4 @@ def as_batch(pixels: Sequence[np.ndarray | torch.Tensor], device: str) -> torch.
             host = host.pin_memory().to(device, non_blocking=True)
         for j, i in enumerate(on_host):
             parts[i] = host[j]
-    return torch.stack(parts)
+    return torch.stack([p for p in parts if p is not None])  # every slot is filled by now

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.decode import StageTimes, as_batch, synchronize
+from shared.decode import as_batch, synchronize
+from shared.device import resolve_device
+from shared.types import RANDOM, ModelInfo, ModelLoadError, StageTimes
 
 if TYPE_CHECKING:
     import torch
@@ -27,35 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RANDOM = "random"
 _RANDOM_SEED = 20261124
-
-
-class ModelLoadError(RuntimeError):
-    """The configured model cannot be loaded; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What produced a vector: stored beside the index so a mismatched model is caught at start-up."""
-
-    name: str
-    pretrained: str
-    dim: int
-
-    @property
-    def is_random(self) -> bool:
-        return self.pretrained == RANDOM
-
-    def label(self) -> str:
-        pretrained = Path(self.pretrained).name if "/" in self.pretrained else self.pretrained
-        return f"{self.name}/{pretrained}"
 
 
 class Embedder:
     """A loaded CLIP model. Thread-safe for inference; load once per process with `load_embedder`."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, info: ModelInfo, device: torch.device) -> None:
+    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: torch.device) -> None:
+        """`model`: an open_clip CLIP (encode_image, encode_text, visual.preprocess_cfg); untyped upstream."""
         import torch
 
         self.model = model
@@ -109,20 +89,6 @@ def _normalised(features: torch.Tensor) -> np.ndarray:
 
     features = torch.nn.functional.normalize(features.float(), dim=-1)
     return features.cpu().numpy().astype(np.float32, copy=False)
-
-
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"DEVICE={requested} but no CUDA device is visible to torch; use DEVICE=auto or cpu")
-        index = int(requested.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ModelLoadError(f"DEVICE={requested} but torch sees {torch.cuda.device_count()} CUDA device(s)")
-    return requested
 
 
 def load_embedder(settings: Settings) -> Embedder:

@@ -78,9 +78,6 @@ class ImageStore:
         """Make every file written with `sync=False` durable (one sync for a batch, not one per file)."""
         os.sync()
 
-    def read(self, image_id: str) -> bytes:
-        return self.path(image_id).read_bytes()
-
     def iter_ids(self) -> Iterator[str]:
         """Every stored image id, in sorted order, one directory at a time (flat memory at any size)."""
 

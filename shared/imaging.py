@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from shared.types import ImageError
+
 try:  # HEIC/HEIF support; optional at import so a broken wheel doesn't take the service down.
     from pillow_heif import register_heif_opener
 
@@ -37,10 +39,6 @@ MIME_TYPES = {
     "AVIF": "image/avif",
     "HEIF": "image/heic",
 }
-
-
-class ImageError(ValueError):
-    """The input is not an image we can decode; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +243,4 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "CMYK":
-        return img.convert("RGB")
-    return img.convert("RGB")  # L, 1, YCbCr, LAB, HSV, ...
+    return img.convert("RGB")  # CMYK, L, 1, YCbCr, LAB, HSV, ...

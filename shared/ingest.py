@@ -28,12 +28,13 @@ from typing import Protocol
 import redis
 
 from shared.backends import VectorBackend
-from shared.decode import Decoder, StageTimes
+from shared.decode import Decoder
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
 from shared.imaging import describe_non_image, sniff
-from shared.jobs import FileError, JobStore
-from shared.pipeline import BatchResult, Enqueue, Pending, embed_pending, indexed_ids
+from shared.jobs import JobStore
+from shared.pipeline import Enqueue, Pending, embed_pending, indexed_ids
+from shared.types import BatchResult, FileError, PathNotAllowed, StageTimes
 
 _CHUNK = 512  # files looked up in the manifest (and backend) per round trip
 
@@ -46,10 +47,6 @@ class FileRef:
 
     def as_item(self) -> dict:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
-
-
-class PathNotAllowed(ValueError):
-    """A path outside the allowed ingest roots (or a symlink leading out of them)."""
 
 
 def resolve_under(path: str | Path, roots: Sequence[Path]) -> Path:
@@ -228,10 +225,9 @@ def walk_folder(
         skip(reason)
 
     def report(seal: bool = False) -> None:
-        dup = stats.duplicates - last.duplicates
-        jobs.add(job_id, counts={"seen": stats.seen - last.seen, "skipped": stats.skipped - last.skipped,
-                                 "duplicates": dup, "done": dup, "total": dup},  # unchanged files: done at once
-                 reasons=dict(stats.reasons - last.reasons), seal=seal)
+        jobs.add_found(job_id, seen=stats.seen - last.seen, skipped=stats.skipped - last.skipped,
+                       duplicates=stats.duplicates - last.duplicates, reasons=dict(stats.reasons - last.reasons),
+                       seal=seal)
         last.seen, last.skipped, last.duplicates = stats.seen, stats.skipped, stats.duplicates
         last.reasons = stats.reasons.copy()
         on_progress(stats)

@@ -7,7 +7,8 @@ twice) and derives the state in the same step:
 
     queued → running → completed | completed_with_errors | failed (every image failed)
 
-Counters: `total` images handed to workers, `done` (embedded, or found already indexed), `failed`, and
+(`shared.types.JobState`; the Lua below applies `shared.types.final_state`.) Counters: `total` images,
+`done` (embedded, or found already indexed: duplicates count as done for every kind of job), `failed`, and
 for folder ingests `seen` (files walked), `skipped` (not images) and `duplicates` (part of `done`). A
 folder job is open while its walk is still adding images; it completes only once sealed.
 """
@@ -17,10 +18,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
+
+from shared.types import FileError, Job, JobState
 
 _PREFIX = "proxima:job:"
 MAX_ERRORS_KEPT = 10_000
@@ -60,13 +65,6 @@ return 1
 """
 
 
-@dataclass(frozen=True)
-class FileError:
-    id: str | None
-    filename: str
-    message: str
-
-
 def is_job_id(value: str) -> bool:
     try:
         return uuid.UUID(hex=value).hex == value
@@ -103,7 +101,7 @@ class JobStore:
         job_id = uuid.uuid4().hex
         now = time.time()
         key = self._keys(job_id)[0]
-        fields: dict[str, Any] = {name: 0 for name in COUNTERS}
+        fields: dict[FieldT, EncodableT] = {name: 0 for name in COUNTERS}
         fields.update(kind=kind, state="queued", total=total, sealed=int(sealed), created_at=now,
                       updated_at=now, alive_at=now, **info)
         self.redis.hset(key, mapping=fields)
@@ -118,17 +116,24 @@ class JobStore:
             self.redis.hset(key, "state", "running")
             self.redis.expire(key, self.ttl_s)
 
-    def finish_batch(self, job_id: str, batch_key: str, *, done: int, errors: list[FileError],
+    def finish_batch(self, job_id: str, batch_key: str, *, done: int, errors: Sequence[FileError],
                      duplicates: int = 0) -> bool:
         """Count a finished batch once; False if this batch key was already counted (a redelivery)."""
         return self._apply(job_id, batch_key, {"done": done, "failed": len(errors), "duplicates": duplicates},
                            errors=errors)
 
-    def add(self, job_id: str, *, counts: dict[str, int], reasons: dict[str, int] | None = None,
+    def add(self, job_id: str, *, counts: Mapping[str, int], reasons: Mapping[str, int] | None = None,
             seal: bool = False) -> None:
         """Progress of a folder walk: add counters and skip reasons; `seal` once nothing more will come.
         Also a sign of life of whoever adds to the job (see `touch`)."""
         self._apply(job_id, "", counts, reasons=reasons or {}, seal=seal)
+
+    def add_found(self, job_id: str, *, seen: int = 0, skipped: int = 0, duplicates: int = 0,
+                  reasons: Mapping[str, int] | None = None, seal: bool = False) -> None:
+        """What a walk found besides the images it queues: files seen, skipped (with reasons), and files
+        indexed by an earlier run, which are duplicates and so done at once."""
+        self.add(job_id, counts={"seen": seen, "skipped": skipped, "duplicates": duplicates, "done": duplicates,
+                                 "total": duplicates}, reasons=reasons, seal=seal)
 
     def touch(self, job_id: str) -> None:
         """The walk (or client) adding to this open job is alive. One silent for WALK_STALE_S is reported as
@@ -137,8 +142,8 @@ class JobStore:
         if self.redis.exists(key):
             self.redis.hset(key, "alive_at", time.time())
 
-    def _apply(self, job_id: str, batch_key: str, counts: dict[str, int], *, errors: list[FileError] = (),
-               reasons: dict[str, int] | None = None, seal: bool = False) -> bool:
+    def _apply(self, job_id: str, batch_key: str, counts: Mapping[str, int], *, errors: Sequence[FileError] = (),
+               reasons: Mapping[str, int] | None = None, seal: bool = False) -> bool:
         counts = {k: v for k, v in counts.items() if v}
         reasons = reasons or {}
         args: list[Any] = [batch_key, time.time(), self.ttl_s, MAX_ERRORS_KEPT, int(seal), len(counts)]
@@ -152,7 +157,7 @@ class JobStore:
         args += [json.dumps(asdict(err)) for err in errors]
         return self._update(keys=self._keys(job_id)[:4], args=args) == 1
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> Job | None:
         if not is_job_id(job_id):
             return None
         key, _, errors_key, skips_key, stages_key = self._keys(job_id)
@@ -167,27 +172,30 @@ class JobStore:
         f = {k.decode(): v.decode() for k, v in fields.items()}
         if "kind" not in f:
             return None  # not a job record we wrote
-        job: dict[str, Any] = {"job_id": job_id, "kind": f["kind"], "state": f["state"]}
-        job.update({name: int(f.get(name, 0)) for name in COUNTERS})
-        job["errors"] = [json.loads(e) for e in errors]
-        if f["kind"] != "upload":
-            job["path"] = f.get("path")
-            job["walking"] = f.get("sealed") != "1"
-            job["skipped_reasons"] = {k.decode(): int(v) for k, v in skips.items()}
-            alive = float(f.get("alive_at") or f["updated_at"])
-            if job["walking"] and time.time() - alive > WALK_STALE_S:
-                job["walking"] = False
-                job["interrupted"] = True  # nobody has added to it for a while: its walk died unsealed
+        counts = {name: int(f.get(name, 0)) for name in COUNTERS}
+        walking = f["kind"] != "upload" and f.get("sealed") != "1"
+        sealed = f.get("sealed") == "1"
+        alive = float(f.get("alive_at") or f["updated_at"])
+        interrupted = walking and time.time() - alive > WALK_STALE_S  # nobody added for a while: its walk died
+        walking = walking and not interrupted
         started = float(f.get("started_at", 0)) or None
         updated = float(f["updated_at"])
-        processed = job["done"] + job["failed"]
+        processed = counts["done"] + counts["failed"]
         rate = processed / (updated - started) if started and updated > started and processed else None
-        remaining = job["total"] - processed
-        job["rate_per_s"] = round(rate, 2) if rate else None
-        job["eta_s"] = round(remaining / rate, 1) if rate and not job.get("walking") and remaining > 0 else (
-            0.0 if remaining <= 0 and f.get("sealed") == "1" else None)
-        job.update(created_at=float(f["created_at"]), started_at=started, updated_at=updated)
+        remaining = counts["total"] - processed
+        if rate and not walking and remaining > 0:
+            eta: float | None = round(remaining / rate, 1)
+        else:
+            eta = 0.0 if remaining <= 0 and sealed else None
+        stage_s = None
         if stages:  # seconds per stage summed over batches (read and decode also over decode threads)
-            job["stage_s"] = {k.decode(): round(float(v), 3) for k, v in stages.items() if k != b"batches"}
-            job["stage_s"]["batches"] = int(stages.get(b"batches", 0))
-        return job
+            stage_s = {k.decode(): round(float(v), 3) for k, v in stages.items() if k != b"batches"}
+            stage_s["batches"] = int(stages.get(b"batches", 0))
+        return Job(
+            job_id=job_id, kind=f["kind"], state=JobState(f["state"]), **counts,
+            errors=tuple(FileError(**json.loads(e)) for e in errors),
+            created_at=float(f["created_at"]), started_at=started, updated_at=updated,
+            rate_per_s=round(rate, 2) if rate else None, eta_s=eta,
+            path=f.get("path") if f["kind"] != "upload" else None, walking=walking, interrupted=interrupted,
+            skipped_reasons={k.decode(): int(v) for k, v in skips.items()}, stage_s=stage_s,
+        )

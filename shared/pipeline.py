@@ -1,8 +1,8 @@
-"""The services behind every entry point: accept uploads, embed a batch, search, delete.
+"""The operations on images and vectors: accept uploads, embed a batch, search, delete.
 
-The API, the workers, the UI and the scripts call these functions; none of them holds logic of its own
-about images, vectors or jobs. Dependencies are passed in as keyword arguments so the same function runs
-in any process.
+Dependencies are passed in as keyword arguments so the same function runs in any process. Entry points do
+not call these directly: they go through `shared.services.Proxima`, which holds the dependencies and
+adds the job-level rules; the workers' tasks call `embed_batch` with their own decoder.
 """
 
 from __future__ import annotations
@@ -14,36 +14,33 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from shared.backends import BackendUnavailable, Hit, ImageRecord, VectorBackend
-from shared.decode import Decoder, StageTimes
+from shared.backends import Hit, ImageRecord, VectorBackend
+from shared.decode import Decoder
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
-from shared.imaging import ImageError, load_image, probe, to_model_input
-from shared.jobs import FileError, JobStore
+from shared.imaging import load_image, probe, to_model_input
+from shared.jobs import JobStore
+from shared.types import (
+    Accepted,
+    BackendUnavailable,
+    BatchResult,
+    Encoder,
+    FileError,
+    ImageError,
+    QueryError,
+    StageTimes,
+    Upload,
+)
 
 log = logging.getLogger(__name__)
 
-# enqueue(job_id, batch_key, items): hand one batch of {"id", "filename"} items to the workers
-Enqueue = Callable[[str, str, list[dict[str, str]]], None]
+# enqueue(job_id, batch_key, items): hand one batch of items ({"id", "filename"} or a folder's
+# {"path", "size", "mtime_ns"}) to the workers
+Enqueue = Callable[[str, str, list[dict]], None]
 
 MAX_QUERY_CHARS = 1000  # CLIP reads about 75 words; longer texts are refused rather than cut silently
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class Upload:
-    filename: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Accepted:
-    id: str | None
-    filename: str
-    status: Literal["queued", "duplicate", "rejected"]
-    error: str | None = None
 
 
 def clean_filename(name: str | None) -> str:
@@ -130,13 +127,6 @@ def indexed_ids(backend: VectorBackend, ids: Sequence[str]) -> set[str]:
 
 
 @dataclass(frozen=True)
-class BatchResult:
-    done: int
-    errors: list[FileError]
-    duplicates: int = 0
-
-
-@dataclass(frozen=True)
 class Pending:
     """An image in the store, about to be embedded."""
 
@@ -196,7 +186,7 @@ def embed_pending(
 
 
 def search_image(
-    data: bytes, k: int, *, embedder: Embedder, backend: VectorBackend, max_pixels: int
+    data: bytes, k: int, *, embedder: Encoder, backend: VectorBackend, max_pixels: int
 ) -> list[Hit]:
     """The k indexed images most similar to `data`. Raises ImageError if it is not a decodable image."""
     loaded = load_image(data, min_side=embedder.image_size, max_pixels=max_pixels)
@@ -205,17 +195,17 @@ def search_image(
 
 
 def check_query_text(text: str) -> str:
-    """The text stripped; ValueError if it is empty or longer than MAX_QUERY_CHARS."""
+    """The text stripped; QueryError (a ValueError) if it is empty or longer than MAX_QUERY_CHARS."""
     text = text.strip()
     if not text:
-        raise ValueError("the text is empty")
+        raise QueryError("the text is empty")
     if len(text) > MAX_QUERY_CHARS:
-        raise ValueError(f"the text is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+        raise QueryError(f"the text is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
     return text
 
 
-def search_text(text: str, k: int, *, embedder: Embedder, backend: VectorBackend) -> list[Hit]:
-    """The k indexed images that best match a text description (ValueError if empty or too long)."""
+def search_text(text: str, k: int, *, embedder: Encoder, backend: VectorBackend) -> list[Hit]:
+    """The k indexed images that best match a text description (QueryError if empty or too long)."""
     return backend.search(embedder.encode_text([check_query_text(text)])[0], k)
 
 

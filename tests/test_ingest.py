@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from scripts.devservices import REPO, free_port, stop, wait_for
+from scripts.devservices import REPO, Api, child_env, wait_for
 from scripts.synthetic import encode, jpeg, photo
 from shared.ingest import FileRef, walk_folder
 from shared.jobs import JobStore
@@ -37,7 +37,7 @@ def make_folder(root: Path, seed: int) -> dict[str, int]:
 
 def run_script(env: dict[str, str], *args: str, timeout: float = 180) -> dict:
     result = subprocess.run(
-        [sys.executable, "scripts/ingest_folder.py", *args], cwd=REPO, env={**os.environ, **env},
+        [sys.executable, "scripts/ingest_folder.py", *args], cwd=REPO, env=child_env(env),
         capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]
@@ -104,10 +104,9 @@ def test_api_ingest_respects_allowed_roots(stack_settings, worker, tmp_path):
         started = api.post("/ingest", json={"path": str(allowed / "set"), "recursive": True})
         assert started.status_code == 202, started.text
         job_id = started.json()["job_id"]
-        deadline = time.monotonic() + 90
-        while (job := api.get(f"/jobs/{job_id}").json())["state"] not in ("completed", "completed_with_errors"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        wait_for(lambda: api.get(f"/jobs/{job_id}").json()["state"] in ("completed", "completed_with_errors"), 90,
+                 "the folder job")
+        job = api.get(f"/jobs/{job_id}").json()
         assert job["kind"] == "folder" and not job["walking"]
         assert job["skipped_reasons"].get("symlink pointing outside the allowed roots") == 1
         assert job["failed"] == 1 and job["rate_per_s"] and job["eta_s"] == 0.0
@@ -121,27 +120,26 @@ def test_api_ingest_respects_allowed_roots(stack_settings, worker, tmp_path):
 
 
 def test_remote_mode_uploads_in_batches(stack_env, worker, tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)], cwd=REPO,
-        env={**os.environ, **stack_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server = Api(stack_env, tmp_path / "api.log")
     try:
-        import httpx
-
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, what="api")
         expected = make_folder(tmp_path / "remote", seed=400)
-        args = [str(tmp_path / "remote"), "-r", "--api", f"http://127.0.0.1:{port}",
+        args = [str(tmp_path / "remote"), "-r", "--api", server.url,
                 "--state", str(tmp_path / "state.sqlite"), "--batch-size", "5"]
         first = run_script(stack_env, *args)
         assert first["state"] == "completed_with_errors"
         assert (first["seen"], first["skipped"], first["failed"]) == (
             expected["seen"], expected["skipped"], expected["failed"])
         assert first["done"] == expected["unique_good"] + expected["content_duplicates"]
+        # A re-run where every image is indexed already and only a broken file is new (refused at upload,
+        # so uploaded again each run): its duplicates count as done, so the job is not "failed".
+        (tmp_path / "remote" / "bad_header.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 40)
         again = run_script(stack_env, *args)
         assert again["queued"] == 0 and again["duplicates"] >= expected["unique_good"]
+        assert (again["state"], again["failed"]) == ("completed_with_errors", 1)
+        assert again["done"] == again["duplicates"] and again["seen"] == expected["seen"] + 1
+        assert again["skipped"] == expected["skipped"]
     finally:
-        stop(server)
+        server.stop()
 
 
 def test_walk_keeps_the_queue_bounded(redis_url, tmp_path):
@@ -178,4 +176,4 @@ def test_walk_keeps_the_queue_bounded(redis_url, tmp_path):
                         backend=None,  # never consulted: the manifest knows no file
                         manifest=NoManifest(), enqueue=enqueue, queue_depth=lambda: len(in_queue), max_queued=3)
     assert stats.queued == 40 and high_water <= 3
-    assert jobs.get(job_id)["total"] == 40 and not jobs.get(job_id)["walking"]
+    assert jobs.get(job_id).total == 40 and not jobs.get(job_id).walking

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from scripts.devservices import wait_for
 from scripts.synthetic import encode, jpeg, photo
+from shared.types import FINAL_STATES
 
 GOOD = {
     "beach.jpg": lambda: jpeg(1),
@@ -19,13 +19,8 @@ GOOD = {
 
 
 def wait_job(client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] in ("completed", "completed_with_errors", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not finished: {job}")
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json()["state"] in FINAL_STATES, timeout, f"job {job_id}")
+    return client.get(f"/jobs/{job_id}").json()
 
 
 def search(client, data: bytes, top_k: int = 5, filename: str = "q.jpg"):

@@ -66,4 +66,4 @@ def test_paths_come_from_ids_and_allowed_roots_only():
         source = path.read_text()
         assert not re.search(r"Path\((request|file|upload|body|query)\.", source), path
         assert "open(" not in source.replace("read_bytes", ""), path
-    assert "resolve_under" in (REPO / "api" / "deps.py").read_text()
+    assert "resolve_under" in (REPO / "shared" / "services.py").read_text()  # where folder ingests start

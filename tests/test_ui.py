@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.devservices import REPO, Api, free_port, stop, wait_for
+from scripts.devservices import REPO, Api, child_env, free_port, stop, wait_for
 from scripts.synthetic import jpeg
 from ui.app import _status
 from ui.service import LocalService, RemoteService, ServiceError
@@ -54,7 +54,7 @@ def standalone_ui(api_url: str, log_path: Path) -> Iterator[str]:
     port = free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ui", "--api", api_url, "--port", str(port)], cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                stdout=log, stderr=subprocess.STDOUT, env=child_env())
         try:
             url = f"http://127.0.0.1:{port}/"
             wait_for(lambda: httpx.get(url, timeout=5).status_code == 200, 90, "standalone UI")
@@ -204,7 +204,7 @@ def test_remote_service_maps_api_errors(api):
 
 
 def test_local_service_calls_the_api_services(client):
-    local = LocalService(lambda: client.app.state.services)
+    local = LocalService(lambda: client.app.state.proxima)
     with pytest.raises(ServiceError) as exc:
         local.search_image(b"GIF89a-truncated", 3)
     assert exc.value.kind == "bad_input"

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from shared.pipeline import MAX_QUERY_CHARS
+from shared.types import Job
 from ui.service import Found, ProximaService, ServiceError
 from ui.text import i18n, language, t
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 MAX_TOP_K = 100
 POLL_S = 0.5
-FINAL_STATES = {"completed", "completed_with_errors", "failed"}
 ERRORS_SHOWN = 200
 CSS = """
 #px-title, #px-title * { font-size: 1.5rem !important; font-weight: 600; }
@@ -98,10 +98,8 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 yield _error(lang, exc), ""  # e.g. Redis restarting: keep following
             else:
                 yield _progress(lang, job), _errors(lang, job)
-                if job["state"] in FINAL_STATES and not job.get("walking"):
+                if job.finished:  # done, or its walk died before the end and what was queued is done
                     return
-                if job.get("interrupted") and job["done"] + job["failed"] >= job["total"]:
-                    return  # its walk died before the end: what was queued is done
             time.sleep(POLL_S)
 
     def upload(paths: list[str] | None, request: gr.Request) -> Iterator[tuple[str, str]]:
@@ -162,12 +160,12 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             status_md = gr.Markdown(elem_id="px-status")
             refresh = gr.Button(i18n("refresh"), elem_id="px-refresh")
 
-        searches = {"outputs": [message, gallery, shown], "concurrency_limit": 4}
-        query_image.upload(by_image, [query_image, top_k], **searches)
-        image_btn.click(by_image, [query_image, top_k], **searches)
-        query_text.submit(by_text, [query_text, top_k], **searches)
-        text_btn.click(by_text, [query_text, top_k], **searches)
-        gallery.select(like_this, [shown, top_k], **searches)
+        found = [message, gallery, shown]
+        query_image.upload(by_image, [query_image, top_k], found, concurrency_limit=4)
+        image_btn.click(by_image, [query_image, top_k], found, concurrency_limit=4)
+        query_text.submit(by_text, [query_text, top_k], found, concurrency_limit=4)
+        text_btn.click(by_text, [query_text, top_k], found, concurrency_limit=4)
+        gallery.select(like_this, [shown, top_k], found, concurrency_limit=4)
         # Following a job mostly sleeps between polls: no reason to make one user wait for another's.
         upload_btn.click(upload, [files], [progress, errors], concurrency_limit=None)
         folder_btn.click(ingest, [folder, recursive], [progress, errors], concurrency_limit=None)
@@ -176,33 +174,33 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
     return demo
 
 
-def _progress(lang: str, job: dict[str, Any]) -> str:
-    processed = job["done"] + job["failed"]
-    text = t(lang, "job_progress", job=job["job_id"], state=t(lang, f"state_{job['state']}"),
-             done=job["done"], failed=job["failed"], total=job["total"])
-    if job["kind"] != "upload" and job.get("seen"):
-        text += t(lang, "job_seen", seen=job["seen"], skipped=job["skipped"])
-    if job.get("rate_per_s"):
-        text += t(lang, "job_rate", rate=job["rate_per_s"])
-    if job.get("eta_s"):
-        text += t(lang, "job_eta", eta=job["eta_s"])
-    if job.get("walking"):
+def _progress(lang: str, job: Job) -> str:
+    processed = job.done + job.failed
+    text = t(lang, "job_progress", job=job.job_id, state=t(lang, f"state_{job.state.value}"),
+             done=job.done, failed=job.failed, total=job.total)
+    if job.kind != "upload" and job.seen:
+        text += t(lang, "job_seen", seen=job.seen, skipped=job.skipped)
+    if job.rate_per_s:
+        text += t(lang, "job_rate", rate=job.rate_per_s)
+    if job.eta_s:
+        text += t(lang, "job_eta", eta=job.eta_s)
+    if job.walking:
         text += t(lang, "job_walking")
-    if job.get("interrupted"):
+    if job.interrupted:
         text += t(lang, "job_interrupted")
-    maximum = max(job["total"], 1)
-    return (f'<div class="px-progress" data-state="{html.escape(job["state"])}" data-done="{job["done"]}" '
-            f'data-failed="{job["failed"]}" data-total="{job["total"]}">'
+    maximum = max(job.total, 1)
+    return (f'<div class="px-progress" data-state="{html.escape(job.state.value)}" data-done="{job.done}" '
+            f'data-failed="{job.failed}" data-total="{job.total}">'
             f'<progress value="{min(processed, maximum)}" max="{maximum}"></progress>'
             f"<p>{html.escape(text)}</p></div>")
 
 
-def _errors(lang: str, job: dict[str, Any]) -> str:
-    if not job["errors"]:
+def _errors(lang: str, job: Job) -> str:
+    if not job.errors:
         return ""
-    rows = "".join(f"<li><b>{html.escape(e.get('filename') or '?')}</b>: {html.escape(e.get('message', ''))}</li>"
-                   for e in job["errors"][:ERRORS_SHOWN])
-    more = f"<li>… {len(job['errors']) - ERRORS_SHOWN}</li>" if len(job["errors"]) > ERRORS_SHOWN else ""
+    rows = "".join(f"<li><b>{html.escape(e.filename or '?')}</b>: {html.escape(e.message)}</li>"
+                   for e in job.errors[:ERRORS_SHOWN])
+    more = f"<li>… {len(job.errors) - ERRORS_SHOWN}</li>" if len(job.errors) > ERRORS_SHOWN else ""
     return f"<details open><summary>{html.escape(t(lang, 'errors_header'))}</summary><ul>{rows}{more}</ul></details>"
 
 

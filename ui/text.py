@@ -118,7 +118,6 @@ TEXTS: dict[str, dict[str, str]] = {
         "state_failed": "fallido",
     },
 }
-LANGUAGES = tuple(TEXTS)
 i18n = gr.I18n(**TEXTS)
 
 

@@ -1,32 +1,37 @@
-"""Celery tasks: message handling, retries and job accounting only; the work is in shared/pipeline.py."""
+"""Celery tasks: message handling, retries and job accounting only; the work is in shared/.
+
+Each worker process builds one `shared.services.Proxima` (with the model) and one `Decoder` when it starts
+(`context()`); its task threads share them. Retries are Celery's own (`BatchTask`): a batch that meets an
+outage (database or Redis unreachable) is tried again with exponential backoff and jitter, up to
+TASK_MAX_RETRIES times (set through `task_annotations` in `shared.queue.celery_config`); the give-up
+accounting lives in `BatchTask.on_failure`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import random
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import redis
 from celery import Task
 from celery.signals import worker_ready
 
-from shared.backends import BackendUnavailable, VectorBackend, make_backend
-from shared.config import Settings, get_settings
-from shared.decode import Decoder, StageTimes, decode_mode
+from shared.config import get_settings
+from shared.decode import Decoder, decode_mode
 from shared.embedder import Embedder, load_embedder
-from shared.imagestore import ImageStore
-from shared.ingest import RedisManifest, ingest_files
-from shared.jobs import FileError, JobStore
-from shared.pipeline import BatchResult, embed_batch
-from shared.reconcile import reconcile
-from workers.celery_app import EMBED_BATCH, INGEST_FILES, RECONCILE, RECONCILE_REPORT_KEY, app, send_batch
+from shared.ingest import ingest_files
+from shared.pipeline import embed_batch
+from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE
+from shared.services import Proxima
+from shared.types import BackendUnavailable, BatchResult, FileError, StageTimes
+from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +41,8 @@ RETRYABLE = (BackendUnavailable, redis.ConnectionError, redis.TimeoutError)
 
 @dataclass(frozen=True)
 class WorkerContext:
-    settings: Settings
-    images: ImageStore
-    backend: VectorBackend
+    proxima: Proxima
     embedder: Embedder
-    jobs: JobStore
-    manifest: RedisManifest
     decoder: Decoder
 
 
@@ -58,22 +59,14 @@ def context() -> WorkerContext:
 def _build_context() -> WorkerContext:
     settings = get_settings()
     embedder = load_embedder(settings)
-    backend = make_backend(settings)
-    backend.ensure_schema(embedder.info)
+    proxima = Proxima.from_settings(settings, encoder=embedder)
+    proxima.check_index()
     threads = settings.decode_threads or os.cpu_count() or 1
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
-    return WorkerContext(
-        settings=settings,
-        images=ImageStore(settings.images_dir),
-        backend=backend,
-        embedder=embedder,
-        jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400),
-        manifest=RedisManifest(client),
-        decoder=Decoder(pool, size=embedder.image_size, max_pixels=settings.max_image_pixels,
-                        mode=decode_mode(settings.decode, str(embedder.device)), device=str(embedder.device),
-                        pool_threads=threads),
-    )
+    device = str(embedder.device)
+    decoder = Decoder(pool, size=embedder.image_size, max_pixels=settings.max_image_pixels,
+                      mode=decode_mode(settings.decode, device), device=device, pool_threads=threads)
+    return WorkerContext(proxima=proxima, embedder=embedder, decoder=decoder)
 
 
 @worker_ready.connect
@@ -82,65 +75,68 @@ def _load_on_start(**_: object) -> None:
     context()
 
 
-@app.task(name=EMBED_BATCH, bind=True, max_retries=get_settings().task_max_retries)
-def embed_batch_task(self: Task, job_id: str, batch_key: str, items: list[dict[str, str]]) -> dict[str, int]:
+class BatchTask(Task):
+    """A batch of images of one job: args (job id, batch key, items). Retried through outages with
+    exponential backoff (1 s, 2 s, 4 s, ... at most 300 s, full jitter); when it gives up, or fails for any
+    other reason, every image of the batch is reported failed with the reason."""
+
+    autoretry_for = RETRYABLE
+    retry_backoff = 1
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 8  # TASK_MAX_RETRIES replaces it (task_annotations)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        job_id, batch_key, items = args
+        if isinstance(exc, RETRYABLE):
+            why = f"gave up after {self.max_retries} retries: {exc}"
+        else:
+            why = f"internal error: {exc}"
+            log.error("batch %s/%s failed: %s", job_id, batch_key, einfo)
+        errors = [FileError(i.get("id"), i.get("filename") or i["path"], why) for i in items]
+        try:
+            context().proxima.jobs.finish_batch(job_id, batch_key, done=0, errors=errors)
+        except redis.RedisError:
+            log.exception("could not record the failure of batch %s/%s", job_id, batch_key)
+
+
+def _account(job_id: str, batch_key: str, times: StageTimes, result: BatchResult) -> dict[str, int]:
+    """Report a finished batch to its job (counted once, however often the batch is delivered)."""
+    jobs = context().proxima.jobs
+    jobs.add_stage_times(job_id, times.as_dict())
+    jobs.finish_batch(job_id, batch_key, done=result.done, errors=result.errors, duplicates=result.duplicates)
+    log.info("batch %s/%s: %d done, %d failed; seconds %s", job_id, batch_key, result.done, len(result.errors),
+             times.as_dict())
+    return {"done": result.done, "failed": len(result.errors)}
+
+
+@app.task(name=EMBED_BATCH, base=BatchTask)
+def embed_batch_task(job_id: str, batch_key: str, items: list[dict[str, str]]) -> dict[str, int]:
     """Embed one batch of uploaded images (already in the store) for job `job_id`."""
-    ctx = context()
-    return _run(self, ctx, job_id, batch_key, items, lambda times: embed_batch(
-        items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, decoder=ctx.decoder, times=times))
+    ctx, times = context(), StageTimes()
+    p = ctx.proxima
+    p.jobs.mark_running(job_id)
+    result = embed_batch(items, images=p.images, backend=p.backend, embedder=ctx.embedder, decoder=ctx.decoder,
+                         times=times)
+    return _account(job_id, batch_key, times, result)
 
 
-@app.task(name=INGEST_FILES, bind=True, max_retries=get_settings().task_max_retries)
-def ingest_files_task(self: Task, job_id: str, batch_key: str, items: list[dict]) -> dict[str, int]:
+@app.task(name=INGEST_FILES, base=BatchTask)
+def ingest_files_task(job_id: str, batch_key: str, items: list[dict]) -> dict[str, int]:
     """Read, store, embed one batch of files given by path (a folder ingest) for job `job_id`."""
-    ctx = context()
-    return _run(self, ctx, job_id, batch_key, items, lambda times: ingest_files(
-        items, images=ctx.images, backend=ctx.backend, embedder=ctx.embedder, manifest=ctx.manifest,
-        decoder=ctx.decoder, times=times))
+    ctx, times = context(), StageTimes()
+    p = ctx.proxima
+    p.jobs.mark_running(job_id)
+    result = ingest_files(items, images=p.images, backend=p.backend, embedder=ctx.embedder, manifest=p.manifest,
+                          decoder=ctx.decoder, times=times)
+    return _account(job_id, batch_key, times, result)
 
 
 @app.task(name=RECONCILE, acks_late=False)
 def reconcile_task(delete_orphans: bool = False) -> dict:
     """Re-queue stored images that have no vector, report (or delete) vectors whose file is gone."""
-    ctx = context()
-    report = reconcile(images=ctx.images, backend=ctx.backend, jobs=ctx.jobs,
-                       batch_size=ctx.settings.effective_batch_size,
-                       enqueue=lambda j, key, items: send_batch(app, EMBED_BATCH, j, key, items),
-                       delete_orphans=delete_orphans).as_dict()
+    proxima = context().proxima
+    report = proxima.reconcile(delete_orphans=delete_orphans).as_dict()
     report["finished_at"] = time.time()
-    ctx.jobs.redis.set(RECONCILE_REPORT_KEY, json.dumps(report))
+    proxima.save_reconcile(json.dumps(report))
     return report
-
-
-def _run(task: Task, ctx: WorkerContext, job_id: str, batch_key: str, items: list[dict],
-         work: Callable[[StageTimes], BatchResult]) -> dict[str, int]:
-    """Do the work, report it to the job once, retry the whole batch with backoff on outages."""
-    try:
-        ctx.jobs.mark_running(job_id)
-        times = StageTimes()
-        result = work(times)
-        ctx.jobs.add_stage_times(job_id, times.as_dict())
-        ctx.jobs.finish_batch(job_id, batch_key, done=result.done, errors=result.errors,
-                              duplicates=result.duplicates)
-        log.info("batch %s/%s: %d done, %d failed; seconds %s", job_id, batch_key, result.done,
-                 len(result.errors), times.as_dict())
-    except RETRYABLE as exc:
-        if task.request.retries >= task.max_retries:
-            _fail_batch(ctx, job_id, batch_key, items, f"gave up after {task.max_retries} retries: {exc}")
-            raise
-        delay = min(300, 2 ** task.request.retries) * (0.5 + random.random())
-        log.warning("batch %s/%s: %s; retrying in %.0f s", job_id, batch_key, exc, delay)
-        raise task.retry(exc=exc, countdown=delay) from exc
-    except Exception as exc:
-        log.exception("batch %s/%s failed", job_id, batch_key)
-        _fail_batch(ctx, job_id, batch_key, items, f"internal error: {exc}")
-        raise
-    return {"done": result.done, "failed": len(result.errors)}
-
-
-def _fail_batch(ctx: WorkerContext, job_id: str, batch_key: str, items: list[dict[str, str]], why: str) -> None:
-    try:
-        ctx.jobs.finish_batch(job_id, batch_key, done=0,
-                              errors=[FileError(i.get("id"), i.get("filename") or i["path"], why) for i in items])
-    except redis.RedisError:
-        log.exception("could not record the failure of batch %s/%s", job_id, batch_key)

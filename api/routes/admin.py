@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from pydantic import BaseModel
 
-from api.deps import ServicesDep
+from api.deps import ProximaDep
 from api.security import WriteAccess
-from workers.celery_app import RECONCILE, RECONCILE_REPORT_KEY
+from shared.types import NotFound
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=WriteAccess)
 
@@ -17,18 +17,17 @@ class ReconcileRequest(BaseModel):
 
 
 @router.post("/reconcile", status_code=202)
-def start_reconcile(request: ReconcileRequest, services: ServicesDep) -> dict:
+def start_reconcile(request: ReconcileRequest, proxima: ProximaDep) -> dict:
     """Have a worker compare the image store with the index: stored images without a vector are queued
     again (as a job), vectors whose file is gone are reported (deleted with `delete_orphans`).
     Read the outcome with `GET /admin/reconcile`; `scripts/reconcile.py` does the same from a shell."""
-    task = services.celery.send_task(RECONCILE, kwargs={"delete_orphans": request.delete_orphans})
-    return {"task_id": task.id}
+    return {"task_id": proxima.queue.reconcile(delete_orphans=request.delete_orphans)}
 
 
 @router.get("/reconcile")
-def last_reconcile(services: ServicesDep) -> dict:
+def last_reconcile(proxima: ProximaDep) -> dict:
     """The report of the last reconcile a worker finished (its `job_id` follows the re-queued images)."""
-    raw = services.redis.get(RECONCILE_REPORT_KEY)
+    raw = proxima.last_reconcile()
     if raw is None:
-        raise HTTPException(404, "no reconcile has run yet: POST /admin/reconcile")
+        raise NotFound("no reconcile has run yet: POST /admin/reconcile")
     return json.loads(raw)

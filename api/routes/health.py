@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import ServicesDep
+from api.deps import ProximaDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health(services: ServicesDep) -> dict:
+def health(proxima: ProximaDep) -> dict:
     """Backend, model identity, number of vectors and queue depth; `status` is `degraded` if a service is down."""
-    return services.health()
+    return proxima.health()

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import IngestDisabled, ServicesDep
+from api.deps import ProximaDep
 from api.security import WriteAccess
-from shared.ingest import PathNotAllowed
 
 router = APIRouter(tags=["ingest"], dependencies=WriteAccess)
 
@@ -21,12 +20,7 @@ class IngestStarted(BaseModel):
 
 
 @router.post("/ingest", status_code=202, response_model=IngestStarted)
-def start_ingest(request: IngestRequest, services: ServicesDep) -> IngestStarted:
+def start_ingest(request: IngestRequest, proxima: ProximaDep) -> IngestStarted:
     """Index every image in a folder the server can read. Follow it with `GET /jobs/{job_id}`."""
-    try:
-        job_id, folder = services.start_folder_ingest(request.path, request.recursive)
-    except (IngestDisabled, PathNotAllowed) as exc:
-        raise HTTPException(403, str(exc)) from None
-    except NotADirectoryError as exc:
-        raise HTTPException(404, str(exc)) from None
+    job_id, folder = proxima.start_folder_ingest(request.path, request.recursive)
     return IngestStarted(job_id=job_id, path=str(folder))

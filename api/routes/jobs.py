@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import ServicesDep
+from api.deps import ProximaDep
 from api.security import WriteAccess
+from shared.types import ClientCounts
 
 router = APIRouter(tags=["jobs"], dependencies=WriteAccess)
 
@@ -13,28 +14,32 @@ class OpenJob(BaseModel):
     label: str = Field("", max_length=1024, description="what is being ingested, shown in the job record")
 
 
+class SealJob(BaseModel):
+    """What the client found in its folder without uploading it (all optional)."""
+
+    seen: int = Field(0, ge=0, description="files walked but not uploaded")
+    skipped: int = Field(0, ge=0, description="files that are not images")
+    duplicates: int = Field(0, ge=0, description="files indexed by an earlier run (they count as done)")
+    skipped_reasons: dict[str, int] = Field(default_factory=dict, description="skipped files by reason")
+
+
 @router.get("/jobs/{job_id}")
-def get_job(job_id: str, services: ServicesDep) -> dict:
+def get_job(job_id: str, proxima: ProximaDep) -> dict:
     """Progress of an upload or folder ingest: state, counts, rate, ETA, and one error entry per failed file."""
-    job = services.jobs.get(job_id)
-    if job is None:
-        raise HTTPException(404, f"no job with id {job_id[:64]!r}")
-    return job
+    return proxima.job(job_id).as_dict()
 
 
 @router.post("/jobs", status_code=201)
-def open_job(request: OpenJob, services: ServicesDep) -> dict:
+def open_job(request: OpenJob, proxima: ProximaDep) -> dict:
     """An open job that several `POST /images` requests (with `job_id`) add to, until it is sealed.
 
-    Used by `scripts/ingest_folder.py --api` to track a whole client-side folder ingest as one job.
+    Used by `scripts/ingest_folder.py --api` and the page to track many uploads as one job.
     """
-    return {"job_id": services.jobs.create(kind="folder", sealed=False, path=request.label)}
+    return {"job_id": proxima.open_job(request.label)}
 
 
 @router.post("/jobs/{job_id}/seal")
-def seal_job(job_id: str, services: ServicesDep) -> dict:
+def seal_job(job_id: str, proxima: ProximaDep, request: SealJob | None = None) -> dict:
     """No more images will be added: the job completes when the queued ones are done."""
-    if services.jobs.get(job_id) is None:
-        raise HTTPException(404, f"no job with id {job_id[:64]!r}")
-    services.jobs.add(job_id, counts={}, seal=True)
-    return services.jobs.get(job_id)
+    counts = ClientCounts(**request.model_dump()) if request is not None else None
+    return proxima.seal_job(job_id, counts).as_dict()

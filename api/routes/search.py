@@ -3,15 +3,14 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, field_validator
 
-from api.deps import ServicesDep
+from api.deps import ProximaDep
 from api.security import SearchAccess
 from shared.backends import Hit
-from shared.imagestore import is_image_id
-from shared.pipeline import MAX_QUERY_CHARS, check_query_text, search_image, search_similar, search_text
+from shared.pipeline import MAX_QUERY_CHARS, check_query_text
 
 router = APIRouter(tags=["search"], dependencies=SearchAccess)
 
@@ -50,12 +49,11 @@ def to_response(hits: list[Hit], started: float) -> SearchResponse:
 
 @router.post("/search", response_model=SearchResponse)
 async def search(file: Annotated[UploadFile, File(description="the query image")], top_k: TopK,
-                 services: ServicesDep) -> SearchResponse:
+                 proxima: ProximaDep) -> SearchResponse:
     """The `top_k` indexed images most similar to the uploaded one, best first."""
     started = time.perf_counter()
     data = await file.read()
-    hits = await run_in_threadpool(search_image, data, top_k, embedder=services.embedder,
-                                   backend=services.backend, max_pixels=services.settings.max_image_pixels)
+    hits = await run_in_threadpool(proxima.search_image, data, top_k)
     return to_response(hits, started)
 
 
@@ -70,24 +68,20 @@ class TextQuery(BaseModel):
 
 
 @router.post("/search/text", response_model=SearchResponse)
-async def search_by_text(query: TextQuery, services: ServicesDep) -> SearchResponse:
+async def search_by_text(query: TextQuery, proxima: ProximaDep) -> SearchResponse:
     """Images matching a text, through CLIP's text encoder (same model, same result shape as `/search`).
     CLIP reads about the first 75 words' tokens; longer texts are refused."""
     started = time.perf_counter()
-    hits = await run_in_threadpool(search_text, query.text, query.top_k, embedder=services.embedder,
-                                   backend=services.backend)
+    hits = await run_in_threadpool(proxima.search_text, query.text, query.top_k)
     return to_response(hits, started)
 
 
 @router.get("/images/{image_id}/similar", response_model=SearchResponse)
-def more_like_this(image_id: str, services: ServicesDep,
+def more_like_this(image_id: str, proxima: ProximaDep,
                    top_k: Annotated[int, Query(ge=1, le=1000)] = 10) -> SearchResponse:
     """Images like an indexed one, from its stored vector (no re-embedding); the image itself is left out."""
     started = time.perf_counter()
-    hits = search_similar(image_id, top_k, backend=services.backend) if is_image_id(image_id) else None
-    if hits is None:
-        raise HTTPException(404, f"no indexed image with id {image_id[:80]!r}")
-    return to_response(hits, started)
+    return to_response(proxima.similar(image_id, top_k), started)
 
 
 router.add_api_route("/search_image", search, methods=["POST"], response_model=SearchResponse,

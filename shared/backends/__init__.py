@@ -1,21 +1,19 @@
 """Vector backends behind one interface (`base.VectorBackend`), chosen by `VECTOR_BACKEND`.
 
-A backend module is imported only when it is chosen, so a pgvector deployment needs no Milvus client.
+A backend module is imported only when it is chosen, so a pgvector deployment needs no Milvus client, and
+importing this package loads neither Pillow nor torch.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from shared.backends.base import (
-    BackendError,
-    BackendUnavailable,
-    Hit,
-    ImageRecord,
-    SchemaMismatch,
-    VectorBackend,
-)
-from shared.config import Settings
+from shared.backends.base import Hit, ImageRecord, VectorBackend
+from shared.types import BackendError, BackendUnavailable, SchemaMismatch
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 _BACKENDS = {
     "pgvector": "shared.backends.pgvector:PgVectorBackend",

@@ -1,17 +1,18 @@
 """The vector backend contract every database implements.
 
-Exceptions:
+Exceptions (defined in `shared.types`, re-exported here for backend authors):
 
     BackendError            anything the backend could not do
     ├── BackendUnavailable  cannot reach the database (retry later; the API answers 503)
-    └── SchemaMismatch      the stored index was built for another model dimension
+    └── SchemaMismatch      the stored index was built by another model (name, pretrained weights or dimension)
 
-Backends translate their driver's errors into these at the boundary, so callers never import a driver.
+Backends translate their driver's errors into these at the boundary (`translate_errors`), so callers never
+import a driver. A backend module imports only this module and `shared.types` (settings only for typing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,25 +20,18 @@ from typing import Protocol
 
 import numpy as np
 
-from shared.embedder import ModelInfo
+from shared.types import BackendError, BackendUnavailable, ModelInfo, SchemaMismatch
 
-
-class BackendError(RuntimeError):
-    pass
-
-
-class BackendUnavailable(BackendError):
-    pass
-
-
-class SchemaMismatch(BackendError):
-    pass
+__all__ = ["BackendError", "BackendUnavailable", "Hit", "ImageRecord", "SchemaMismatch", "VectorBackend",
+           "check_model", "translate_errors"]
 
 
 @contextmanager
 def translate_errors(database: str, *, unavailable: tuple[type[BaseException], ...],
-                     failed: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Turn a driver's exceptions into BackendUnavailable (`unavailable`) or BackendError (`failed`)."""
+                     failed: tuple[type[BaseException], ...],
+                     unreachable: Callable[[BaseException], bool] = lambda exc: False) -> Iterator[None]:
+    """Turn a driver's exceptions into BackendUnavailable (`unavailable`, or a `failed` one for which
+    `unreachable` says so, for drivers that tell by an error code) or BackendError (`failed`)."""
     try:
         yield
     except BackendError:
@@ -45,7 +39,24 @@ def translate_errors(database: str, *, unavailable: tuple[type[BaseException], .
     except unavailable as exc:
         raise BackendUnavailable(f"{database} is unreachable: {exc}") from exc
     except failed as exc:
+        if unreachable(exc):
+            raise BackendUnavailable(f"{database} is unreachable: {exc}") from exc
         raise BackendError(f"{database} error: {exc}") from exc
+
+
+def check_model(stored: ModelInfo | None, model: ModelInfo, *, index: str) -> None:
+    """Refuse to serve an index whose vectors came from another model: mixing two embedding spaces in one index
+    silently ruins every search. `stored` is the identity saved with the index (None: a new index)."""
+    if stored is None:
+        return
+    if (stored.name, stored.label(), stored.dim) == (model.name, model.label(), model.dim):
+        return
+    raise SchemaMismatch(
+        f"{index} holds {stored.dim}-dimensional vectors of model {stored.label()}, but model {model.label()} "
+        f"produces {model.dim}-dimensional ones: vectors of two models must never share an index. Set "
+        f"MODEL_NAME={stored.name} MODEL_PRETRAINED={stored.pretrained} back, or re-embed the collection with "
+        "the new model into a fresh index."
+    )
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,10 @@ class VectorBackend(Protocol):
     name: str
 
     def ensure_schema(self, model: ModelInfo) -> None:
-        """Create the collection and index for `model.dim` if missing; idempotent.
+        """Create the collection and index for `model` if missing, recording its identity; idempotent.
 
-        Raises SchemaMismatch if the collection exists with another dimension.
+        Raises SchemaMismatch (via `check_model`) if the collection holds vectors of another model: another
+        name, pretrained weights or dimension.
         """
 
     def upsert(self, records: Sequence[ImageRecord], vectors: np.ndarray) -> None:

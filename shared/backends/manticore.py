@@ -23,7 +23,6 @@ Statements follow the Manticore manual pages named beside them (manual/english/.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -31,15 +30,17 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pymysql
 
-from shared.backends.base import BackendError, Hit, ImageRecord, SchemaMismatch, translate_errors
-from shared.config import Settings
-from shared.embedder import ModelInfo
+from shared.backends.base import Hit, ImageRecord, check_model, translate_errors
+from shared.types import BackendError, ModelInfo, SchemaMismatch
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +272,12 @@ class ManticoreBackend:
             ))
             cur.execute(self._sql("SELECT value FROM {meta} WHERE id = %s"), (_MODEL_ROW,))
             row = cur.fetchone()
-            if row:
-                previous = json.loads(_text(row[0])).get("name")
-                if previous != model.name:
-                    log.warning("index was built with model %s, now running %s (same dimension)", previous, model.name)
-            # Updating_documents/REPLACE.md
-            cur.execute(
-                self._sql("REPLACE INTO {meta} (id, key_name, value) VALUES (%s, %s, %s)"),
-                (_MODEL_ROW, "model", json.dumps({"name": model.name, "pretrained": model.pretrained,
-                                                  "dim": int(model.dim)})),
-            )
+            check_model(ModelInfo.from_json(_text(row[0])) if row else None, model,
+                        index=f"the Manticore table {self.table}")
+            if row is None:
+                # Updating_documents/REPLACE.md
+                cur.execute(self._sql("REPLACE INTO {meta} (id, key_name, value) VALUES (%s, %s, %s)"),
+                            (_MODEL_ROW, "model", model.to_json()))
 
     def _stored_dim(self, cur: pymysql.cursors.Cursor) -> int:
         """knn_dims of the `embedding` column, from SHOW CREATE TABLE (Listing_tables.md)."""
@@ -289,7 +286,7 @@ class ManticoreBackend:
         ddl = _text(row[1]) if row and len(row) > 1 else ""
         column = re.search(r"`?\bembedding`?\s+float_vector\b([^,\n)]*)", ddl, re.IGNORECASE)
         dims = re.search(r"knn_dims\s*=\s*'(\d+)'", column.group(1), re.IGNORECASE) if column else None
-        if not dims:
+        if column is None or dims is None:
             raise SchemaMismatch(f"Manticore table {self.table} exists but has no KNN float_vector column "
                                  f"`embedding`; it was not created by Proxima")
         similarity = re.search(r"hnsw_similarity\s*=\s*'(\w+)'", column.group(1), re.IGNORECASE)

@@ -6,7 +6,8 @@ Milvus Lite: fine for development and small collections, but one process per dat
 
 One collection with an explicit schema: the image id (VARCHAR 64) as primary key, a FLOAT_VECTOR of the
 model's dimension, and the metadata fields. HNSW index with the COSINE metric, whose search "distance"
-is already the cosine similarity. The model identity is kept as JSON in the collection description.
+is already the cosine similarity. The model identity is kept as JSON in a collection property (and the
+schema description), and a collection holding another model's vectors is refused.
 
 Consistency: collections use `Strong`. The writer (a worker) and the reader (the API) are different
 clients, so `Session` would not let a search see a batch another process just finished; `Bounded`
@@ -16,18 +17,19 @@ completed, so its images are searchable" true.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.backends.base import BackendError, BackendUnavailable, Hit, ImageRecord, SchemaMismatch
-from shared.config import Settings
-from shared.embedder import ModelInfo
+from shared.backends.base import Hit, ImageRecord, check_model, translate_errors
+from shared.types import BackendError, ModelInfo, SchemaMismatch
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 _META_FIELDS = ["filename", "size_bytes", "format", "width", "height", "model", "created_at"]
 # Long calls (index builds) otherwise trip gRPC's "too_many_pings" with Milvus Lite.
@@ -35,6 +37,8 @@ _GRPC_OPTIONS = {"grpc.keepalive_time_ms": 3_600_000, "grpc.keepalive_permit_wit
 _MAX_BATCH = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLLECTION_NOT_LOADED = 101
+_MODEL_PROPERTY = "proxima.model"  # collection property holding the model identity (JSON)
+_NO_SERVER = 2  # pymilvus: "Fail connecting to server" (what a stopped server gives)
 
 
 class MilvusBackend:
@@ -46,11 +50,9 @@ class MilvusBackend:
             raise BackendError("VECTOR_BACKEND=milvus needs MILVUS_URI (http://host:19530 or a local path)")
         self.uri = uri
         self.collection = collection
-        self.hnsw_m = hnsw_m
-        self.hnsw_ef_construction = hnsw_ef_construction
         self.ef_search = ef_search
-        self._token = token
-        self._timeout = timeout
+        self._hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}  # index build parameters
+        self._connect_args = {"token": token, "timeout": timeout, "grpc_options": _GRPC_OPTIONS}
         self._client = None
         self._lock = threading.Lock()
         self._collection_seen = False  # once it exists, reads skip the has_collection round trip
@@ -69,8 +71,7 @@ class MilvusBackend:
                 if self._client is None:
                     from pymilvus import MilvusClient
 
-                    self._client = MilvusClient(self.uri, token=self._token, timeout=self._timeout,
-                                                grpc_options=_GRPC_OPTIONS)
+                    self._client = MilvusClient(self.uri, **self._connect_args)
                 client = self._client
             yield client
 
@@ -104,7 +105,9 @@ class MilvusBackend:
 
         with self._conn() as client:
             if client.has_collection(self.collection):
-                stored = self._stored_dim(client)
+                description = client.describe_collection(self.collection)
+                check_model(_stored_model(description), model, index=f"the Milvus collection {self.collection!r}")
+                stored = _dim(description)
                 if stored != model.dim:
                     raise SchemaMismatch(
                         f"the Milvus collection {self.collection!r} holds {stored}-dimensional vectors but model "
@@ -115,7 +118,7 @@ class MilvusBackend:
                 return
             schema = MilvusClient.create_schema(
                 auto_id=False, enable_dynamic_field=False,
-                description=json.dumps({"name": model.name, "pretrained": model.pretrained, "dim": model.dim}),
+                description=model.to_json(),
             )
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
             schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=model.dim)
@@ -128,13 +131,9 @@ class MilvusBackend:
             schema.add_field("created_at", DataType.INT64)  # microseconds since the epoch, UTC
             index = client.prepare_index_params()
             index.add_index(field_name="embedding", index_type="HNSW", metric_type="COSINE",
-                            params={"M": self.hnsw_m, "efConstruction": self.hnsw_ef_construction})
+                            params=self._hnsw)
             client.create_collection(self.collection, schema=schema, index_params=index,
-                                     consistency_level="Strong")
-
-    def _stored_dim(self, client) -> int:
-        fields = client.describe_collection(self.collection)["fields"]
-        return int(next(f["params"]["dim"] for f in fields if f["name"] == "embedding"))
+                                     consistency_level="Strong", properties={_MODEL_PROPERTY: model.to_json()})
 
     # --- data ----------------------------------------------------------------------------------
 
@@ -202,6 +201,20 @@ class MilvusBackend:
         finally:
             iterator.close()
 
+def _dim(description: dict[str, Any]) -> int:
+    return int(next(f["params"]["dim"] for f in description["fields"] if f["name"] == "embedding"))
+
+
+def _stored_model(description: dict[str, Any]) -> ModelInfo | None:
+    """The model identity kept with the collection: a collection property (Milvus Lite drops schema
+    descriptions), else the schema description (collections made before the property). None if neither."""
+    stored = (description.get("properties") or {}).get(_MODEL_PROPERTY) or description.get("description") or ""
+    try:
+        return ModelInfo.from_json(stored)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 def _row(rec: ImageRecord, vec: np.ndarray) -> dict[str, Any]:
     return {
         "id": rec.id, "embedding": vec.tolist(), "filename": rec.filename, "size_bytes": int(rec.size_bytes),
@@ -218,24 +231,9 @@ def _record(image_id: str, fields: dict[str, Any]) -> ImageRecord:
     )
 
 
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    from pymilvus.exceptions import MilvusException, MilvusUnavailableException
+def _translate_errors():
+    import grpc
+    from pymilvus.exceptions import ConnectError, MilvusException, MilvusUnavailableException
 
-    try:
-        yield
-    except BackendError:
-        raise
-    except MilvusUnavailableException as exc:
-        raise BackendUnavailable(f"Milvus is unreachable: {exc}") from exc
-    except MilvusException as exc:
-        text = str(exc).lower()
-        if exc.code == 2 or "unavailable" in text or "connect" in text or "deadline" in text:
-            raise BackendUnavailable(f"Milvus is unreachable: {exc}") from exc
-        raise BackendError(f"Milvus error: {exc}") from exc
-    except Exception as exc:
-        import grpc
-
-        if isinstance(exc, grpc.RpcError):
-            raise BackendUnavailable(f"Milvus is unreachable: {exc}") from exc
-        raise
+    return translate_errors("Milvus", unavailable=(MilvusUnavailableException, ConnectError, grpc.RpcError),
+                            failed=(MilvusException,), unreachable=lambda exc: getattr(exc, "code", None) == _NO_SERVER)

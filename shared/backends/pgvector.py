@@ -8,19 +8,21 @@ Every value reaches SQL as a bound parameter; identifiers are fixed constants.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared.backends.base import Hit, ImageRecord, SchemaMismatch, translate_errors
-from shared.config import Settings
-from shared.embedder import ModelInfo
+from shared.backends.base import Hit, ImageRecord, check_model, translate_errors
+from shared.types import ModelInfo, SchemaMismatch
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +125,16 @@ class PgVectorBackend:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute("CREATE TABLE IF NOT EXISTS proxima_meta (key text PRIMARY KEY, value text NOT NULL)")
             stored_dim = self._stored_dim(conn)
+            row = conn.execute("SELECT value FROM proxima_meta WHERE key = 'model'").fetchone()
+            check_model(ModelInfo.from_json(row[0]) if row else None, model, index="the pgvector index")
             if stored_dim is not None and stored_dim != model.dim:
                 raise SchemaMismatch(
                     f"the pgvector index holds {stored_dim}-dimensional vectors but model {model.label()} "
-                    f"produces {model.dim}; use the model the index was built with, or re-index into a "
-                    "fresh database"
+                    f"produces {model.dim}; set the model the index was built with back, or re-embed into a "
+                    "fresh index"
                 )
-            row = conn.execute("SELECT value FROM proxima_meta WHERE key = 'model'").fetchone()
-            if row and json.loads(row[0]).get("name") != model.name:
-                log.warning("index was built with model %s, now running %s (same dimension)",
-                            json.loads(row[0]).get("name"), model.name)
-            conn.execute(
-                "INSERT INTO proxima_meta (key, value) VALUES ('model', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                (json.dumps({"name": model.name, "pretrained": model.pretrained, "dim": model.dim}),),
-            )
+            if row is None:
+                conn.execute("INSERT INTO proxima_meta (key, value) VALUES ('model', %s)", (model.to_json(),))
             if stored_dim is None:
                 # dimension is part of the column type; it comes from the model config, not from a client
                 conn.execute(psycopg.sql.SQL(
@@ -183,7 +180,10 @@ class PgVectorBackend:
         with self._connection() as conn:
             conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
             conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(parallel_workers),))
-            conn.execute(self._index_sql(self._stored_dim(conn)))
+            dim = self._stored_dim(conn)
+            if dim is None:
+                raise SchemaMismatch("no proxima_images table to index: call ensure_schema first")
+            conn.execute(self._index_sql(dim))
             conn.commit()
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
@@ -278,15 +278,15 @@ class PgVectorBackend:
 
     def count(self) -> int:
         with self._connection() as conn:
-            if conn.execute("SELECT to_regclass('proxima_images')").fetchone()[0] is None:
+            if not _table_exists(conn):
                 return 0
-            return int(conn.execute("SELECT count(*) FROM proxima_images").fetchone()[0])
+            return int(_one(conn, "SELECT count(*) FROM proxima_images"))
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
         after = ""
         while True:
             with self._connection() as conn:
-                if conn.execute("SELECT to_regclass('proxima_images')").fetchone()[0] is None:
+                if not _table_exists(conn):
                     return
                 rows = conn.execute(
                     "SELECT id, filename, size_bytes, format, width, height, model, created_at, embedding "
@@ -297,6 +297,17 @@ class PgVectorBackend:
                 return
             yield [ImageRecord(*row[:8]) for row in rows], np.stack([_as_array(row[8]) for row in rows])
             after = rows[-1][0]
+
+
+def _one(conn: psycopg.Connection, query: str) -> Any:
+    """The single value a constant one-row query returns."""
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row[0]
+
+
+def _table_exists(conn: psycopg.Connection) -> bool:
+    return _one(conn, "SELECT to_regclass('proxima_images')") is not None
 
 
 def _translate_errors():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.backends import SchemaMismatch
-from shared.embedder import ModelInfo
+from shared.types import ModelInfo
 from tests.backends.data import clustered, records
 
 DIM = 64
@@ -36,6 +36,37 @@ def test_dimension_mismatch_is_refused(backend_factory):
     backend_factory().ensure_schema(MODEL)
     with pytest.raises(SchemaMismatch, match="64-dimensional.*produces 32"):
         backend_factory().ensure_schema(ModelInfo("other", "random", 32))
+
+
+@pytest.mark.parametrize("other", [ModelInfo("other-model", "random", DIM), ModelInfo("test-model", "laion2b", DIM)],
+                         ids=["another-name", "other-weights"])
+def test_another_model_of_the_same_dimension_is_refused(backend_factory, other):
+    first = backend_factory()
+    first.ensure_schema(MODEL)
+    first.upsert(records(3), clustered(3, DIM))
+    with pytest.raises(SchemaMismatch, match=r"MODEL_NAME=test-model MODEL_PRETRAINED=random back.*re-embed"):
+        backend_factory().ensure_schema(other)
+    again = backend_factory()
+    again.ensure_schema(MODEL)  # the stored identity was not overwritten by the refused model
+    assert again.count() == 3
+
+
+def test_scan_returns_every_vector_once_in_batches(backend):
+    backend.ensure_schema(MODEL)
+    assert list(backend.scan(batch_size=100)) == []
+    vectors = clustered(2500, DIM, seed=11)
+    recs = records(2500)
+    backend.upsert(recs, vectors)
+    seen: dict[str, np.ndarray] = {}
+    for batch_records, batch_vectors in backend.scan(batch_size=1000):
+        assert 0 < len(batch_records) <= 1000 and batch_vectors.shape == (len(batch_records), DIM)
+        for rec, vec in zip(batch_records, batch_vectors, strict=True):
+            assert rec.id not in seen
+            seen[rec.id] = vec
+    assert set(seen) == {r.id for r in recs}
+    by_id = {r.id: i for i, r in enumerate(recs)}
+    for image_id, vec in seen.items():
+        assert np.allclose(vec @ vectors[by_id[image_id]], 1.0, atol=1e-3)  # the vector stored for that id
 
 
 def test_bulk_upsert_recall_and_scores(backend):

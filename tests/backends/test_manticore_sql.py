@@ -26,7 +26,7 @@ import pytest
 from shared.backends import BackendError, BackendUnavailable, ImageRecord, SchemaMismatch, manticore
 from shared.backends.manticore import ManticoreBackend, doc_id, parse_url, parse_vector, vector_param
 from shared.config import Settings
-from shared.embedder import ModelInfo
+from shared.types import ModelInfo
 from tests.backends.data import clustered, records
 
 MODEL = ModelInfo("test-model", "random", 64)
@@ -221,11 +221,12 @@ def test_foreign_table_raises_schema_mismatch(fake: Fake, ddl: str):
         fake.backend.ensure_schema(MODEL)
 
 
-def test_model_name_change_warns(fake: Fake, caplog: pytest.LogCaptureFixture):
+def test_another_model_of_the_same_dimension_is_refused(fake: Fake):
     fake.rules["SHOW CREATE TABLE"] = [show_create(64)]
-    fake.rules["SELECT value FROM proxima_meta"] = [(json.dumps({"name": "old", "dim": 64}),)]
-    fake.backend.ensure_schema(MODEL)
-    assert "built with model old" in caplog.text
+    fake.rules["SELECT value FROM proxima_meta"] = [(json.dumps({"name": "old", "pretrained": "x", "dim": 64}),)]
+    with pytest.raises(SchemaMismatch, match="MODEL_NAME=old MODEL_PRETRAINED=x"):
+        fake.backend.ensure_schema(MODEL)
+    assert not any(sql.startswith("REPLACE") for sql, _ in fake.log)  # the stored identity is never overwritten
 
 
 # --- search ----------------------------------------------------------------------------------------

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
 
 import numpy as np
 
-from scripts.devservices import REPO
+from scripts.devservices import REPO, child_env
 from shared.backends.milvus import MilvusBackend
 from shared.backends.pgvector import PgVectorBackend
-from shared.embedder import ModelInfo
+from shared.types import ModelInfo
 from tests.backends.data import clustered, records
 
 MODEL = ModelInfo("test-model", "random", 32)
@@ -22,7 +21,7 @@ MODEL = ModelInfo("test-model", "random", 32)
 def run_migrate(env: dict[str, str], *args: str) -> dict:
     result = subprocess.run(
         [sys.executable, "scripts/migrate_backend.py", *args], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, **env}, timeout=300,
+        env=child_env(env), timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

