@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             services.append(milvus_proc)
         from shared.config import Settings
 
-        settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})
+        settings = Settings.explicit(**{k.lower(): v for k, v in env.items()})
         batch_size = settings.effective_batch_size
         stages = None
         try:

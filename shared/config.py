@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -102,6 +102,12 @@ class Settings(BaseSettings):
 
         return default_batch_size(self.device)
 
+    @classmethod
+    def explicit(cls, **values: Any) -> Settings:
+        """Settings from `values` and the defaults alone: nothing from the environment or a file (what tests
+        pass to the processes and apps they build, so the caller's shell cannot change them)."""
+        return _ExplicitSettings(**values)
+
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
@@ -117,6 +123,16 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+
+class _ExplicitSettings(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the values given, nothing from the environment, a .env or secrets
 
 
 @lru_cache

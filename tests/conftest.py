@@ -88,7 +88,7 @@ def _stack_env(tmp_path_factory, redis_url: str, tiny_model: tuple[Path, Path], 
 
 
 def _settings(env: dict[str, str]) -> Settings:
-    return Settings(**{k.lower(): v for k, v in env.items()}, _env_file=None)
+    return Settings.explicit(**{k.lower(): v for k, v in env.items()})
 
 
 @pytest.fixture(scope="session")

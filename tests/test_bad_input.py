@@ -139,8 +139,8 @@ def limited(stack_settings, tmp_path_factory):
     (outside / "secret.jpg").write_bytes(jpeg(63_500))
     (root / "inside").mkdir()
     (root / "link-out").symlink_to(outside, target_is_directory=True)
-    settings = Settings(**{**stack_settings.model_dump(), "max_upload_mb": 1, "max_files_per_request": 20,
-                           "ingest_roots": str(root)}, _env_file=None)
+    settings = Settings.explicit(**{**stack_settings.model_dump(), "max_upload_mb": 1, "max_files_per_request": 20,
+                           "ingest_roots": str(root)})
     assert settings.ingest_roots == [root]
     with TestClient(create_app(settings)) as c:
         yield SimpleNamespace(client=c, root=root, outside=outside)

@@ -17,7 +17,7 @@ from shared.imaging import to_model_input
 @pytest.fixture(scope="module")
 def embedder(tiny_model):
     config, checkpoint = tiny_model
-    return load_embedder(Settings(_env_file=None, device="cpu", model_name=str(config),
+    return load_embedder(Settings.explicit(device="cpu", model_name=str(config),
                                   model_pretrained=str(checkpoint)))
 
 

@@ -24,7 +24,7 @@ SIZES = [(640, 480), (1920, 1080), (333, 500), (3000, 2000)]
 @pytest.fixture(scope="module")
 def embedder(tiny_model):
     config, checkpoint = tiny_model
-    return load_embedder(Settings(_env_file=None, device="cpu", model_name=str(config),
+    return load_embedder(Settings.explicit(device="cpu", model_name=str(config),
                                   model_pretrained=str(checkpoint)))
 
 

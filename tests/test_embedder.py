@@ -17,7 +17,7 @@ from shared.imaging import load_image, to_model_input
 
 
 def settings(**overrides) -> Settings:
-    return Settings(_env_file=None, device="cpu", **overrides)
+    return Settings.explicit(device="cpu", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_random_weights_are_identical_in_every_process(tiny_model):
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1])\n"
         "from shared.config import Settings; from shared.embedder import load_embedder\n"
-        "s = Settings(_env_file=None, device='cpu', model_name=sys.argv[2], model_pretrained='random')\n"
+        "s = Settings.explicit(device='cpu', model_name=sys.argv[2], model_pretrained='random')\n"
         "print(json.dumps(load_embedder(s).encode_text(['hello'])[0][:8].tolist()))\n"
     )
     runs = [

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_init
 
 from shared.config import get_settings
 from shared.decode import Decoder, decode_mode
@@ -30,7 +30,7 @@ from shared.ingest import ingest_files
 from shared.pipeline import embed_batch
 from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE
 from shared.services import Proxima
-from shared.types import BackendUnavailable, BatchResult, FileError, StageTimes
+from shared.types import BackendUnavailable, BatchResult, FileError, ProximaError, StageTimes
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,18 @@ def _build_context() -> WorkerContext:
     return WorkerContext(proxima=proxima, embedder=embedder, decoder=decoder)
 
 
-@worker_ready.connect
+@worker_init.connect
 def _load_on_start(**_: object) -> None:
-    # Load the model and check the index before taking work, so a bad configuration fails at start-up.
-    context()
+    """Load the model and check the index before taking any work: a worker with a bad configuration (a model
+    that cannot load, an index built by another model) exits at once with the reason. A database that is
+    down only delays this: the first batch builds the context, retrying until the database is back."""
+    try:
+        context()
+    except BackendUnavailable as exc:
+        log.warning("vector database unavailable at start-up (%s); batches will retry until it is back", exc)
+    except ProximaError as exc:
+        log.critical("the worker cannot start: %s", exc)
+        raise SystemExit(1) from exc
 
 
 class BatchTask(Task):

@@ -477,8 +477,8 @@ def test_url_parsing():
 
 def test_from_settings_without_url_names_the_variable():
     with pytest.raises(BackendError, match="MANTICORE_URL"):
-        ManticoreBackend.from_settings(Settings(_env_file=None, manticore_url=""))
-    backend = ManticoreBackend.from_settings(Settings(_env_file=None, manticore_url="mysql://192.0.2.1:9306"))
+        ManticoreBackend.from_settings(Settings.explicit(manticore_url=""))
+    backend = ManticoreBackend.from_settings(Settings.explicit(manticore_url="mysql://192.0.2.1:9306"))
     assert (backend.host, backend.port, backend.name) == ("192.0.2.1", 9306, "manticore")  # nothing connected
 
 
@@ -591,7 +591,7 @@ def test_scan_of_a_missing_table_is_empty(fake: Fake):
 
 
 def test_from_settings_uses_table_and_tuning_settings():
-    settings = Settings(_env_file=None, manticore_url="mysql://m:9306", manticore_table="e2e_1234abcd",
+    settings = Settings.explicit(manticore_url="mysql://m:9306", manticore_table="e2e_1234abcd",
                         manticore_ef_search=300, manticore_hnsw_m=24)
     backend = ManticoreBackend.from_settings(settings)
     assert (backend.table, backend.meta_table, backend.ef_search, backend.hnsw_m) == (

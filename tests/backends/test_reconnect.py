@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from scripts.devservices import Postgres, free_port, start_milvus_lite, stop
+from scripts.devservices import Postgres, free_port, start_milvus_lite, stop, wait_for
 from shared.backends import BackendUnavailable, VectorBackend
 from shared.types import ModelInfo
 from tests.backends.data import clustered, records
@@ -74,14 +74,8 @@ def test_reconnects_after_server_restart(name, tmp_path):
         assert time.monotonic() - started < 15  # a clear error, not a hang
 
         server.start()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                hits = backend.search(vectors[0], 3)
-                break
-            except BackendUnavailable:
-                assert time.monotonic() < deadline, "the client did not reconnect"
-                time.sleep(0.5)
+        wait_for(lambda: backend.search(vectors[0], 3), 30, "the client to reconnect", interval=0.5)
+        hits = backend.search(vectors[0], 3)
         assert hits[0].id == records(1)[0].id
         assert backend.count() == 50
     finally:
