@@ -73,6 +73,16 @@ def child_env(settings: dict[str, str] | None = None, **extra: str) -> dict[str,
     return env
 
 
+def _owned(new_session: bool) -> dict:
+    """Popen options: with `new_session`, the process runs in its own session (Ctrl-C in the terminal does not
+    reach it) and ends when the process that started it dies (what `make up`'s launcher wants)."""
+    if not new_session:
+        return {}
+    from scripts.supervisor import die_with_parent
+
+    return {"start_new_session": True, "preexec_fn": die_with_parent()}
+
+
 def start_redis(data_dir: Path, port: int | None = None, *, new_session: bool = False) -> tuple[subprocess.Popen, str]:
     """redis-server on loopback with its append-only file in `data_dir` (survives a restart on the same dir)."""
     import redis
@@ -85,7 +95,7 @@ def start_redis(data_dir: Path, port: int | None = None, *, new_session: bool = 
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
          "--appendfsync", "everysec", "--dir", str(data_dir)],
-        stdout=subprocess.DEVNULL, start_new_session=new_session,
+        stdout=subprocess.DEVNULL, **_owned(new_session),
     )
 
     def answers() -> bool:
@@ -115,6 +125,11 @@ class Postgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (it is not our child: pg_ctl starts it)."""
+        return self._server.get_pid()
 
 
 def write_tiny_model(directory: Path) -> tuple[Path, Path]:
@@ -216,7 +231,7 @@ def start_milvus_lite(data_dir: Path, port: int | None = None, *,
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [str(exe), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=new_session,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **_owned(new_session),
     )
 
     def listening() -> bool:

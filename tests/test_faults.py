@@ -2,7 +2,12 @@
 down for 30 s, the API restarted, and a store/index mismatch repaired by reconcile. Every image given to
 the system ends up indexed exactly once.
 
-The stack here is its own (Redis, PostgreSQL, workers and API are stopped and started by the tests).
+The stack here is its own (Redis, PostgreSQL, workers and API are stopped and started by the tests). Like
+`make up` (scripts/supervisor.py) and Compose's restart policy, it replaces a worker that exits on its
+own: a Redis restart while a worker holds an unacknowledged batch can end the worker ("Unrecoverable
+error: AttributeError" inside kombu 5.7 as it restores the batch on a dead connection), and without a
+replacement every later job would wait forever. Each test starts from a stack it checks: Redis answers,
+a worker answers a ping, and nothing is left in the queue from the test before.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import redis
 from scripts.devservices import REPO, Api, Postgres, Worker, child_env, free_port, start_redis, stop, wait_for
 from scripts.synthetic import jpeg
 from shared.backends.pgvector import PgVectorBackend
+from shared.config import Settings
 from shared.imagestore import ImageStore
+from shared.queue import TaskQueue
 
 FINAL = ("completed", "completed_with_errors", "failed")
 pytestmark = pytest.mark.slow
@@ -40,6 +47,10 @@ class FaultStack:
             "DECODE_THREADS": "2", "TASK_VISIBILITY_TIMEOUT_S": "10", "TASK_MAX_RETRIES": "10",
         }
         self.workers: list[Worker] = []
+        self.killed: set[int] = set()
+        self.replaced: set[int] = set()
+        self.queue = TaskQueue.from_settings(Settings.explicit(redis_url=self.redis_url),
+                                             redis.Redis.from_url(self.redis_url))
         self.api_port = free_port()
         self.api = self.start_api()
         self.backend = PgVectorBackend(self.env["DATABASE_URL"], connect_timeout=2)
@@ -49,6 +60,30 @@ class FaultStack:
         worker = Worker(self.env, self.dir / f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
         return worker
+
+    def kill_worker(self) -> Worker:
+        """SIGKILL a running worker (no ack, no clean shutdown); the test replaces it itself."""
+        victim = next(w for w in self.workers if w.proc.poll() is None)
+        self.killed.add(id(victim))
+        victim.kill()
+        return victim
+
+    def supervise(self) -> None:
+        """Replace workers that exited on their own, as the stack's supervisor does in production."""
+        for worker in list(self.workers):
+            if worker.proc.poll() is not None and id(worker) not in self.killed | self.replaced:
+                self.replaced.add(id(worker))
+                print(f"worker {worker.log_path.name} exited with {worker.proc.returncode}; starting another")
+                self.start_worker()
+
+    def ensure_healthy(self) -> None:
+        """Redis answers, a worker answers a ping, and the queue holds nothing from an earlier test."""
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        wait_for(client.ping, 30, "Redis")
+        self.supervise()
+        wait_for(lambda: self.queue.workers_alive(timeout=1), 60, "a worker answering a ping")
+        wait_for(lambda: client.llen("proxima") == 0 and client.hlen("unacked") == 0, 120,
+                 "an empty queue (no batch left from the test before)")
 
     def start_api(self) -> Api:
         return Api(self.env, self.dir / "api.log", port=self.api_port)
@@ -75,7 +110,11 @@ class FaultStack:
         return httpx.get(f"{self.api.url}/jobs/{job_id}", timeout=10).json()
 
     def wait_job(self, job_id: str, timeout: float = 120) -> dict:
-        wait_for(lambda: self.job(job_id)["state"] in FINAL, timeout, f"job {job_id}")
+        def finished() -> bool:
+            self.supervise()
+            return self.job(job_id)["state"] in FINAL
+
+        wait_for(finished, timeout, f"job {job_id}")
         return self.job(job_id)
 
     def assert_indexed_once(self, ids: list[str]) -> None:
@@ -87,6 +126,7 @@ class FaultStack:
                 worker.stop()
         self.api.stop()
         self.backend.close()
+        self.queue.close()
         stop(self.redis_proc)
         self.pg.stop()
 
@@ -99,6 +139,11 @@ def stack(tmp_path_factory, tiny_model):
     s.close()
 
 
+@pytest.fixture(autouse=True)
+def healthy(stack):
+    stack.ensure_healthy()
+
+
 def _ids(body: dict) -> list[str]:
     return [i["id"] for i in body["images"] if i["status"] != "rejected"]
 
@@ -107,8 +152,7 @@ def test_worker_sigkilled_mid_batch(stack):
     body = stack.upload(range(1000, 1060), size=(1600, 1200))
     job_id = body["job_id"]
     wait_for(lambda: stack.job(job_id)["done"] >= 4, 60, "first batches")
-    victim = next(w for w in stack.workers if w.proc.poll() is None)
-    victim.kill()  # SIGKILL: no ack, no clean shutdown
+    stack.kill_worker()
     unacked = redis.Redis.from_url(stack.redis_url).hlen("unacked")
     job = stack.job(job_id)
     assert unacked >= 1 and job["done"] < job["total"], (unacked, job)  # batches were in the worker's hands

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import worker_init
 
 from shared.config import get_settings
@@ -93,6 +94,17 @@ class BatchTask(Task):
     retry_backoff_max = 300
     retry_jitter = True
     max_retries = 8  # TASK_MAX_RETRIES replaces it (task_annotations)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's retry, except when the retry cannot be queued (Redis is unreachable): Celery would then
+        reject the batch for good (`Reject(requeue=False)`, and its images would never be indexed). Here it
+        is rejected with requeue instead: put back in the queue, or, with Redis down, left unacknowledged,
+        so Redis hands it out again once it is back."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as rejected:
+            log.warning("could not queue a retry (%s); the batch stays in the queue", rejected.reason)
+            raise Reject(rejected.reason, requeue=True) from None
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job_id, batch_key, items = args

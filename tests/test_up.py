@@ -1,0 +1,148 @@
+"""`make up`'s launcher (scripts/up.py) as a user runs it: a supervisor that restarts what dies, stops
+everything on Ctrl-C within 10 s, takes its children with it when it is killed, and refuses a model that
+cannot load before starting anything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from scripts.devservices import REPO, child_env, free_port, wait_for
+from scripts.synthetic import jpeg
+
+pytestmark = pytest.mark.slow
+
+
+class Launcher:
+    def __init__(self, tmp: Path, tiny_model: tuple[Path, Path], **overrides: str) -> None:
+        config, checkpoint = tiny_model
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = {
+            "DATA_DIR": str(tmp / "data"), "API_PORT": str(self.port), "FLOWER_PORT": str(free_port()),
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "MODEL_NAME": str(config),
+            "MODEL_PRETRAINED": str(checkpoint), "DEVICE": "cpu", "BATCH_SIZE": "4", "DECODE_THREADS": "2",
+            "TASK_VISIBILITY_TIMEOUT_S": "10", **overrides,
+        }
+        self.log_path = tmp / "up.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "scripts/up.py"], cwd=REPO, env=child_env(self.settings),
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            assert self.proc.poll() is None, self.log()[-3000:]
+            return "ready: API" in self.log() and httpx.get(self.url + "/health", timeout=5).status_code == 200
+
+        wait_for(ready, 180, "make up's stack")
+
+    def processes(self) -> list[psutil.Process]:
+        """Everything the launcher runs: its descendants, and the PostgreSQL it started through pg_ctl."""
+        found = psutil.Process(self.proc.pid).children(recursive=True)
+        pid_file = Path(self.settings["DATA_DIR"]) / "postgres" / "postmaster.pid"
+        if pid_file.exists():
+            postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+            found += [postmaster, *postmaster.children(recursive=True)]
+        return found
+
+    def worker(self) -> psutil.Process:
+        return next(p for p in psutil.Process(self.proc.pid).children()
+                    if "celery" in " ".join(p.cmdline()) and " worker " in " ".join(p.cmdline()))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for p in self.processes() if self.proc.poll() is None else []:
+            p.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def launcher(tmp_path, tiny_model) -> Iterator[Launcher]:
+    up = Launcher(tmp_path, tiny_model)
+    try:
+        up.wait_ready()
+        yield up
+    finally:
+        up.close()
+
+
+def _gone(processes: list[psutil.Process]) -> bool:
+    return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _upload(url: str, seeds: range, size=(1024, 768)) -> dict:
+    files = [("files", (f"up-{s}.jpg", jpeg(s, size))) for s in seeds]
+    response = httpx.post(f"{url}/images", files=files, timeout=60)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_a_killed_worker_is_restarted_and_every_image_is_indexed_once(launcher):
+    body = _upload(launcher.url, range(100, 160), size=(1600, 1200))
+    job_url = f"{launcher.url}/jobs/{body['job_id']}"
+    wait_for(lambda: httpx.get(job_url).json()["done"] >= 4, 60, "the first batches")
+    victim = launcher.worker()
+    victim.kill()  # as the OOM killer would
+    assert httpx.get(f"{launcher.url}/health", timeout=10).status_code == 200  # the API keeps answering
+    wait_for(lambda: launcher.worker().pid != victim.pid, 30, "a new worker")
+    assert "worker exited with code -9; restarting it" in launcher.log()
+    wait_for(lambda: httpx.get(job_url).json()["state"] in ("completed", "completed_with_errors", "failed"), 180,
+             "the job")
+    job = httpx.get(job_url).json()
+    assert (job["state"], job["done"], job["failed"]) == ("completed", 60, 0)
+    assert httpx.get(f"{launcher.url}/health").json()["vectors"] == 60  # ids are primary keys: each once
+    assert launcher.proc.poll() is None
+
+
+def test_ctrl_c_stops_everything_within_ten_seconds_even_mid_batch(launcher):
+    body = _upload(launcher.url, range(200, 260), size=(1600, 1200))
+    wait_for(lambda: httpx.get(f"{launcher.url}/jobs/{body['job_id']}").json()["state"] == "running", 60, "work")
+    processes = launcher.processes()
+    assert len(processes) >= 5  # redis, postgres, api, worker, flower (and the guardian)
+    started = time.monotonic()
+    launcher.proc.send_signal(signal.SIGINT)
+    launcher.proc.wait(15)
+    took = time.monotonic() - started
+    print(f"Ctrl-C to the last process gone: {took:.1f} s")
+    wait_for(lambda: _gone(processes), 2, "every process to end")
+    assert took < 10, launcher.log()[-2000:]
+    assert launcher.proc.returncode == 0 and "stopped in" in launcher.log()
+
+
+def test_a_killed_launcher_takes_its_children_with_it(launcher):
+    processes = launcher.processes()
+    launcher.proc.kill()
+    launcher.proc.wait()
+    started = time.monotonic()
+    wait_for(lambda: _gone(processes), 10, "the children of a SIGKILLed launcher to end")
+    print(f"launcher SIGKILLed: every child gone after {time.monotonic() - started:.1f} s")
+
+
+def test_a_model_that_cannot_load_stops_at_once_with_one_message(tmp_path, tiny_model):
+    up = Launcher(tmp_path, tiny_model, MODEL_PRETRAINED=str(tmp_path / "missing.pt"))
+    try:
+        up.proc.wait(60)
+        out = up.log()
+        assert up.proc.returncode != 0
+        assert "checkpoint file not found" in out and "Traceback" not in out, out
+        assert len(out.strip().splitlines()) <= 5, out
+        assert not os.path.exists(tmp_path / "data" / "redis"), "nothing starts before the model is checked"
+    finally:
+        up.close()
