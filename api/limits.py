@@ -61,7 +61,8 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body larger than MAX_UPLOAD_MB ({self.max_bytes // 2**20} MB)"})
+        body = json.dumps({"detail": f"request body larger than MAX_UPLOAD_MB ({self.max_bytes // 2**20} MB)",
+                           "kind": "bad_input"})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body.encode()})

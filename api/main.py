@@ -1,7 +1,8 @@
 """The FastAPI application: `uvicorn --factory api.main:create_app`. Nothing is built at import time.
 
 Routes are thin: each parses its input and calls one `shared.services.Proxima` method. Errors are ours
-(`shared.types`) and become HTTP answers through one handler that reads the table `shared.types.ERRORS`.
+(`shared.types`) and become HTTP answers through the handlers in `api/errors.py`, which read the table
+`shared.types.ERRORS`; every route documents the errors it can give.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 
+from api import errors
 from api.limits import BodySizeLimit
 from api.routes import admin, health, images, ingest, jobs, search
 from api.security import key_matches
@@ -22,19 +23,11 @@ from shared.batching import BatchingEmbedder
 from shared.config import Settings, get_settings
 from shared.embedder import load_embedder
 from shared.services import Proxima
-from shared.types import ErrorInfo, ProximaError, describe
 from ui.app import mount as mount_ui
 from ui.service import LocalService
 
 log = logging.getLogger("api")
 UI_PATH = "/ui"
-
-
-async def _our_error(_: Request, exc: Exception) -> JSONResponse:
-    info, message = describe(exc) or (ErrorInfo("error", 500), str(exc))
-    if info.status >= 500 and info.status != 503:
-        log.error("%s", message)
-    return JSONResponse({"detail": message}, status_code=info.status, headers=info.headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,8 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (images, search, ingest, jobs, admin, health):
         app.include_router(module.router)
     app.add_api_route("/", lambda: RedirectResponse(f"{UI_PATH}/"), include_in_schema=False)
-    for error in (ProximaError, redis.ConnectionError, redis.TimeoutError):
-        app.add_exception_handler(error, _our_error)
+    errors.install(app)
 
     flower = settings.flower_url or f":{settings.flower_port}"
     # The page calls the services directly, so with API_KEY set it asks for the key itself (as the password).

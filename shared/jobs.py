@@ -102,8 +102,11 @@ class JobStore:
         now = time.time()
         key = self._keys(job_id)[0]
         fields: dict[FieldT, EncodableT] = {name: 0 for name in COUNTERS}
+        # labels and paths may hold anything (a path that is not UTF-8, a client's lone surrogates): stored as
+        # valid UTF-8, with what cannot be encoded replaced
         fields.update(kind=kind, state="queued", total=total, sealed=int(sealed), created_at=now,
-                      updated_at=now, alive_at=now, **info)
+                      updated_at=now, alive_at=now,
+                      **{k: v.encode("utf-8", "replace").decode("utf-8") for k, v in info.items()})
         self.redis.hset(key, mapping=fields)
         self.redis.expire(key, self.ttl_s)
         return job_id

@@ -6,17 +6,18 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import ProximaDep
+from api.errors import JsonBool, errors
 from api.security import WriteAccess
 from shared.types import NotFound
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=WriteAccess)
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=WriteAccess, responses=errors(401, 503))
 
 
 class ReconcileRequest(BaseModel):
-    delete_orphans: bool = False
+    delete_orphans: JsonBool = False
 
 
-@router.post("/reconcile", status_code=202)
+@router.post("/reconcile", status_code=202, responses=errors(400, 413, 422))
 def start_reconcile(request: ReconcileRequest, proxima: ProximaDep) -> dict:
     """Have a worker compare the image store with the index: stored images without a vector are queued
     again (as a job), vectors whose file is gone are reported (deleted with `delete_orphans`).
@@ -24,7 +25,7 @@ def start_reconcile(request: ReconcileRequest, proxima: ProximaDep) -> dict:
     return {"task_id": proxima.queue.reconcile(delete_orphans=request.delete_orphans)}
 
 
-@router.get("/reconcile")
+@router.get("/reconcile", responses=errors(404))
 def last_reconcile(proxima: ProximaDep) -> dict:
     """The report of the last reconcile a worker finished (its `job_id` follows the re-queued images)."""
     raw = proxima.last_reconcile()

@@ -8,12 +8,14 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from api.deps import ProximaDep
+from api.errors import errors
 from api.security import SearchAccess, WriteAccess
 from shared.imaging import MIME_TYPES, probe
 from shared.services import Proxima
 from shared.types import Accepted, ImageError, Upload
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], responses=errors(401))
+UPLOAD = errors(400, 413, 422, 500, 503)
 
 
 class ImageStatus(BaseModel):
@@ -43,9 +45,10 @@ async def _accept(proxima: Proxima, files: list[UploadFile],
     return await run_in_threadpool(proxima.accept, uploads, job_id)
 
 
-@router.post("/images", status_code=202, response_model=UploadResponse, dependencies=WriteAccess)
+@router.post("/images", status_code=202, response_model=UploadResponse, dependencies=WriteAccess,
+             responses={**UPLOAD, **errors(404, 409)})
 async def upload_images(
-    files: Annotated[list[UploadFile], File(description="one or more images")],
+    files: Annotated[list[UploadFile], File(description="one or more images", min_length=1)],
     proxima: ProximaDep,
     job_id: Annotated[str | None, Form(description="add to this open job (see POST /jobs)")] = None,
 ) -> UploadResponse:
@@ -54,7 +57,8 @@ async def upload_images(
     return UploadResponse(job_id=job_id, images=[ImageStatus(**vars(a)) for a in accepted])
 
 
-@router.post("/index_image", status_code=202, response_model=IndexImageResponse, dependencies=WriteAccess)
+@router.post("/index_image", status_code=202, response_model=IndexImageResponse, dependencies=WriteAccess,
+             responses=UPLOAD)
 async def index_image(file: Annotated[UploadFile, File()], proxima: ProximaDep) -> IndexImageResponse:
     """One image (the design document's endpoint); same as `POST /images` with a single file."""
     job_id, (accepted,) = await _accept(proxima, [file])
@@ -64,7 +68,7 @@ async def index_image(file: Annotated[UploadFile, File()], proxima: ProximaDep) 
 
 
 @router.get("/images/{image_id}", response_class=FileResponse, dependencies=SearchAccess,
-            responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
+            responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}, **errors(404)})
 def get_image(image_id: str, proxima: ProximaDep) -> FileResponse:
     """The original file as uploaded, with its Content-Type."""
     path = proxima.stored_path(image_id)
@@ -77,7 +81,8 @@ def get_image(image_id: str, proxima: ProximaDep) -> FileResponse:
 
 
 @router.get("/images/{image_id}/thumbnail", response_class=FileResponse, dependencies=SearchAccess,
-            responses={200: {"content": {"image/webp": {}}, "description": "a small WebP of the image"}})
+            responses={200: {"content": {"image/webp": {}}, "description": "a small WebP of the image"},
+                       **errors(404, 422)})
 def get_thumbnail(image_id: str, proxima: ProximaDep) -> FileResponse:
     """A WebP at most 320 pixels on its long side, made on first request (what result pages show)."""
     return FileResponse(proxima.thumbnail(image_id), media_type="image/webp",
@@ -88,7 +93,7 @@ router.add_api_route("/image/{image_id}", get_image, methods=["GET"], include_in
                      dependencies=SearchAccess)
 
 
-@router.delete("/images/{image_id}", status_code=204, dependencies=WriteAccess)
+@router.delete("/images/{image_id}", status_code=204, dependencies=WriteAccess, responses=errors(404, 500, 503))
 def remove_image(image_id: str, proxima: ProximaDep) -> Response:
     """Delete the vector and the stored file."""
     proxima.delete(image_id)

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge, Le
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from api.deps import ProximaDep
+from api.errors import JsonInt, errors, not_a_bool
 from api.security import WriteAccess
 from shared.types import ClientCounts
 
-router = APIRouter(tags=["jobs"], dependencies=WriteAccess)
+router = APIRouter(tags=["jobs"], dependencies=WriteAccess, responses=errors(401, 503))
+BODY = errors(400, 413, 422)
+MAX_COUNT = 10**12  # a trillion files; Redis counters are 64-bit
+Count = Annotated[int, Ge(0), Le(MAX_COUNT), BeforeValidator(not_a_bool)]  # constraints first: in the schema
 
 
 class OpenJob(BaseModel):
@@ -17,19 +24,20 @@ class OpenJob(BaseModel):
 class SealJob(BaseModel):
     """What the client found in its folder without uploading it (all optional)."""
 
-    seen: int = Field(0, ge=0, description="files walked but not uploaded")
-    skipped: int = Field(0, ge=0, description="files that are not images")
-    duplicates: int = Field(0, ge=0, description="files indexed by an earlier run (they count as done)")
-    skipped_reasons: dict[str, int] = Field(default_factory=dict, description="skipped files by reason")
+    seen: JsonInt = Field(0, ge=0, le=MAX_COUNT, description="files walked but not uploaded")
+    skipped: JsonInt = Field(0, ge=0, le=MAX_COUNT, description="files that are not images")
+    duplicates: JsonInt = Field(0, ge=0, le=MAX_COUNT,
+                                description="files indexed by an earlier run (they count as done)")
+    skipped_reasons: dict[str, Count] = Field(default_factory=dict, description="skipped files by reason")
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=errors(404))
 def get_job(job_id: str, proxima: ProximaDep) -> dict:
     """Progress of an upload or folder ingest: state, counts, rate, ETA, and one error entry per failed file."""
     return proxima.job(job_id).as_dict()
 
 
-@router.post("/jobs", status_code=201)
+@router.post("/jobs", status_code=201, responses=BODY)
 def open_job(request: OpenJob, proxima: ProximaDep) -> dict:
     """An open job that several `POST /images` requests (with `job_id`) add to, until it is sealed.
 
@@ -38,7 +46,7 @@ def open_job(request: OpenJob, proxima: ProximaDep) -> dict:
     return {"job_id": proxima.open_job(request.label)}
 
 
-@router.post("/jobs/{job_id}/seal")
+@router.post("/jobs/{job_id}/seal", responses={**BODY, **errors(404)})
 def seal_job(job_id: str, proxima: ProximaDep, request: SealJob | None = None) -> dict:
     """No more images will be added: the job completes when the queued ones are done."""
     counts = ClientCounts(**request.model_dump()) if request is not None else None

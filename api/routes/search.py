@@ -8,11 +8,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, field_validator
 
 from api.deps import ProximaDep
+from api.errors import JsonInt, errors
 from api.security import SearchAccess
 from shared.backends import Hit
 from shared.pipeline import MAX_QUERY_CHARS, check_query_text
 
-router = APIRouter(tags=["search"], dependencies=SearchAccess)
+router = APIRouter(tags=["search"], dependencies=SearchAccess, responses=errors(401, 422, 500, 503))
 
 
 class SearchResult(BaseModel):
@@ -47,7 +48,7 @@ def to_response(hits: list[Hit], started: float) -> SearchResponse:
     )
 
 
-@router.post("/search", response_model=SearchResponse)
+@router.post("/search", response_model=SearchResponse, responses=errors(400, 413))
 async def search(file: Annotated[UploadFile, File(description="the query image")], top_k: TopK,
                  proxima: ProximaDep) -> SearchResponse:
     """The `top_k` indexed images most similar to the uploaded one, best first."""
@@ -58,8 +59,9 @@ async def search(file: Annotated[UploadFile, File(description="the query image")
 
 
 class TextQuery(BaseModel):
-    text: str = Field(max_length=MAX_QUERY_CHARS, description="a description of the images to find")
-    top_k: int = Field(10, ge=1, le=1000)
+    text: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S",
+                      description="a description of the images to find (not only spaces)")
+    top_k: JsonInt = Field(10, ge=1, le=1000)
 
     @field_validator("text")
     @classmethod
@@ -67,7 +69,7 @@ class TextQuery(BaseModel):
         return check_query_text(value)
 
 
-@router.post("/search/text", response_model=SearchResponse)
+@router.post("/search/text", response_model=SearchResponse, responses=errors(400, 413))
 async def search_by_text(query: TextQuery, proxima: ProximaDep) -> SearchResponse:
     """Images matching a text, through CLIP's text encoder (same model, same result shape as `/search`).
     CLIP reads about the first 75 words' tokens; longer texts are refused."""
@@ -76,7 +78,7 @@ async def search_by_text(query: TextQuery, proxima: ProximaDep) -> SearchRespons
     return to_response(hits, started)
 
 
-@router.get("/images/{image_id}/similar", response_model=SearchResponse)
+@router.get("/images/{image_id}/similar", response_model=SearchResponse, responses=errors(404))
 def more_like_this(image_id: str, proxima: ProximaDep,
                    top_k: Annotated[int, Query(ge=1, le=1000)] = 10) -> SearchResponse:
     """Images like an indexed one, from its stored vector (no re-embedding); the image itself is left out."""
@@ -85,4 +87,4 @@ def more_like_this(image_id: str, proxima: ProximaDep,
 
 
 router.add_api_route("/search_image", search, methods=["POST"], response_model=SearchResponse,
-                     summary="Search (the design document's name)")
+                     summary="Search (the design document's name)", responses=errors(400, 413))
