@@ -130,6 +130,7 @@ class Supervisor:
         self._stopping = True
         for group in ([c for c in self.children if not c.service], [c for c in self.children if c.service]):
             running = [c for c in reversed(group) if c.proc is not None and c.proc.poll() is None]
+            started = time.monotonic()
             for child in running:
                 log.info("stopping %s", child.name)
                 _signal(child, signal.SIGTERM)
@@ -141,11 +142,15 @@ class Supervisor:
                         _signal(child, sig)
                 _wait(running, deadline)
                 deadline = time.monotonic() + 1.5
+            if running:
+                log.info("%s stopped in %.1f s", ", ".join(c.name for c in running), time.monotonic() - started)
         for cleanup in reversed(self.cleanups):
+            started = time.monotonic()
             try:
                 cleanup()
             except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                 log.error("cleanup failed: %s", exc)
+            log.info("cleanup done in %.1f s", time.monotonic() - started)
 
 
 def _signal(child: Child, sig: int | None) -> None:

@@ -159,7 +159,7 @@ def main() -> int:
             start_milvus_lite(stack, settings.milvus_uri, settings.milvus_lite_port, data_dir, env)
         py = sys.executable
         spawn(stack, "api", [py, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", settings.api_host,
-                             "--port", str(settings.api_port)], env)
+                             "--port", str(settings.api_port), "--timeout-graceful-shutdown", "4"], env)
         for name, worker_env in worker_processes(settings, env):
             # a worker whose launcher died stops at once (cold shutdown): its batches are handed out again
             spawn(stack, name, [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",

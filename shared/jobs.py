@@ -25,9 +25,10 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from shared.types import FileError, Job, JobState
+from shared.types import FINAL_STATES, FileError, Job, JobState
 
 _PREFIX = "proxima:job:"
+_OPEN = "proxima:jobs:open"  # jobs not yet in a final state, for the lost-batch sweep
 MAX_ERRORS_KEPT = 10_000
 COUNTERS = ("total", "done", "failed", "seen", "skipped", "duplicates")
 WALK_STALE_S = 120  # an open job nobody added to for this long is reported as interrupted
@@ -65,6 +66,10 @@ return 1
 """
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def is_job_id(value: str) -> bool:
     try:
         return uuid.UUID(hex=value).hex == value
@@ -81,7 +86,7 @@ class JobStore:
     @staticmethod
     def _keys(job_id: str) -> list[str]:
         base = _PREFIX + job_id
-        return [base, base + ":batches", base + ":errors", base + ":skips", base + ":stages"]
+        return [base, base + ":batches", base + ":errors", base + ":skips", base + ":stages", base + ":sent"]
 
     def add_stage_times(self, job_id: str, seconds: dict[str, float]) -> None:
         """Add a batch's seconds per stage (read, decode, transfer, encode, upsert): where a job's time goes.
@@ -107,9 +112,42 @@ class JobStore:
         fields.update(kind=kind, state="queued", total=total, sealed=int(sealed), created_at=now,
                       updated_at=now, alive_at=now,
                       **{k: v.encode("utf-8", "replace").decode("utf-8") for k, v in info.items()})
-        self.redis.hset(key, mapping=fields)
-        self.redis.expire(key, self.ttl_s)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.ttl_s)
+            pipe.sadd(_OPEN, job_id)
+            pipe.execute()
         return job_id
+
+    def record_sent(self, job_id: str, batch_key: str, task: str, items: list[dict]) -> None:
+        """Remember a batch handed to the queue, so one the queue loses can be sent again (`lost_batches`)."""
+        key = self._keys(job_id)[5]
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, batch_key, json.dumps({"task": task, "items": items}))
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+    def lost_batches(self) -> list[tuple[str, str, str, list[dict]]]:
+        """(job id, batch key, task, items) of every batch sent and never counted, in jobs not yet finished.
+
+        Call it only when nothing is queued or being worked on (queue empty, no unacknowledged message): a
+        batch still missing then was lost. (kombu's Redis transport takes a message off the queue before it
+        records it as unacknowledged, so a worker killed in that instant loses it.)"""
+        lost = []
+        for raw in self.redis.smembers(_OPEN):
+            job_id = _text(raw)
+            key, batches_key = self._keys(job_id)[0], self._keys(job_id)[1]
+            state = self.redis.hget(key, "state")
+            if state is None or JobState(_text(state)) in FINAL_STATES:
+                self.redis.srem(_OPEN, job_id)
+                continue
+            counted = self.redis.smembers(batches_key)
+            for batch_key, value in self.redis.hgetall(self._keys(job_id)[5]).items():
+                if batch_key not in counted:
+                    sent = json.loads(value)
+                    lost.append((job_id, _text(batch_key), sent["task"], sent["items"]))
+        return lost
+
 
     def mark_running(self, job_id: str) -> None:
         key = self._keys(job_id)[0]
@@ -163,7 +201,7 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         if not is_job_id(job_id):
             return None
-        key, _, errors_key, skips_key, stages_key = self._keys(job_id)
+        key, _, errors_key, skips_key, stages_key, _ = self._keys(job_id)
         with self.redis.pipeline() as pipe:
             pipe.hgetall(key)
             pipe.lrange(errors_key, 0, -1)

@@ -21,6 +21,7 @@ INGEST_FILES = "proxima.ingest_files"  # args: job id, batch key, [{"path", "siz
 RECONCILE = "proxima.reconcile"  # kwargs: delete_orphans; the report is kept at RECONCILE_REPORT_KEY
 RECONCILE_REPORT_KEY = "proxima:reconcile:last"
 BATCH_TASKS = f"{QUEUE}.*"  # task_annotations pattern for the batch tasks' retry settings
+UNACKED = "unacked"  # kombu's Redis transport: its hash of delivered, unacknowledged messages
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -92,6 +93,11 @@ class TaskQueue:
     def depth(self) -> int:
         """Batches waiting in the queue (not counting those a worker holds)."""
         return int(self.redis.llen(QUEUE))
+
+    def in_flight(self) -> int:
+        """Messages delivered to a worker and not yet acknowledged (kombu's Redis transport keeps them in the
+        `unacked` hash until the worker acks)."""
+        return int(self.redis.hlen(UNACKED))
 
     def workers_alive(self, timeout: float = 2.0) -> bool:
         return bool(self.celery.control.ping(timeout=timeout))

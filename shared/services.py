@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.imagestore import ImageStore, is_image_id
 from shared.ingest import RedisManifest, WalkStats, resolve_under, walk_folder
 from shared.jobs import JobStore
-from shared.queue import RECONCILE_REPORT_KEY, TaskQueue
+from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE_REPORT_KEY, TaskQueue
 from shared.reconcile import ReconcileReport, reconcile
 from shared.types import (
     Accepted,
@@ -100,6 +100,30 @@ class Proxima:
 
     # --- uploads and jobs --------------------------------------------------------------------------
 
+    def send_embed(self, job_id: str, batch_key: str, items: list[dict]) -> None:
+        """Queue a batch of stored uploads and note it in its job (so a batch the queue loses is sent again)."""
+        self.queue.embed(job_id, batch_key, items)
+        self.jobs.record_sent(job_id, batch_key, EMBED_BATCH, items)
+
+    def send_ingest(self, job_id: str, batch_key: str, items: list[dict]) -> None:
+        """Queue a batch of a folder's files and note it in its job."""
+        self.queue.ingest(job_id, batch_key, items)
+        self.jobs.record_sent(job_id, batch_key, INGEST_FILES, items)
+
+    def resend_lost_batches(self, suspects: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Look, while the queue is idle (nothing queued, nothing being worked on), for batches of unfinished
+        jobs that were never counted: those already in `suspects` (lost at the previous look too) are sent
+        again; the others are returned, to be passed to the next look. Sending a batch twice is harmless:
+        upserts are idempotent and a batch is counted once."""
+        if self.queue.depth() or self.queue.in_flight():
+            return set()
+        lost = {(job_id, key): (task, items) for job_id, key, task, items in self.jobs.lost_batches()}
+        for job_id, key in lost.keys() & suspects:
+            log.warning("job %s: batch %s was lost by the queue (a worker died as it took it); sending it again",
+                        job_id, key)
+            self.queue.send_batch(lost[job_id, key][0], job_id, key, lost[job_id, key][1])
+        return set(lost) - suspects
+
     def accept(self, uploads: Sequence[Upload], job_id: str | None = None) -> tuple[str, list[Accepted]]:
         """Store uploads and queue them for indexing: a new job, or the open job `job_id`."""
         if job_id is not None:
@@ -110,7 +134,7 @@ class Proxima:
         if len(uploads) > limit:
             raise TooLarge(f"{len(uploads)} files in one request; the limit is {limit} (MAX_FILES_PER_REQUEST)")
         return pipeline.accept_uploads(uploads, images=self.images, backend=self.backend, jobs=self.jobs,
-                                       enqueue=self.queue.embed, batch_size=self.settings.effective_batch_size,
+                                       enqueue=self.send_embed, batch_size=self.settings.effective_batch_size,
                                        max_pixels=self.settings.max_image_pixels, job_id=job_id)
 
     def open_job(self, label: str) -> str:
@@ -140,7 +164,7 @@ class Proxima:
         """Walk `folder` here, queue its new images as path batches of the open job `job_id`, seal it."""
         return walk_folder(folder, job_id, recursive=recursive,
                            batch_size=batch_size or self.settings.effective_batch_size, jobs=self.jobs,
-                           backend=self.backend, manifest=self.manifest, enqueue=self.queue.ingest,
+                           backend=self.backend, manifest=self.manifest, enqueue=self.send_ingest,
                            queue_depth=self.queue.depth, max_queued=self.settings.ingest_max_queued, roots=roots,
                            on_progress=on_progress or (lambda stats: None), stop=stop)
 
@@ -235,7 +259,7 @@ class Proxima:
                   on_progress: Callable[[ReconcileReport], None] | None = None) -> ReconcileReport:
         """Stored images without a vector are queued again (one job); vectors without a file are reported
         (deleted with `delete_orphans`)."""
-        return reconcile(images=self.images, backend=self.backend, jobs=self.jobs, enqueue=self.queue.embed,
+        return reconcile(images=self.images, backend=self.backend, jobs=self.jobs, enqueue=self.send_embed,
                          batch_size=self.settings.effective_batch_size, requeue=requeue,
                          delete_orphans=delete_orphans, on_progress=on_progress)
 

@@ -73,3 +73,15 @@ def test_an_open_job_nobody_adds_to_is_reported_interrupted(redis_url):
     client.hset(f"proxima:job:{job_id}", "alive_at", time.time() - WALK_STALE_S - 1)
     jobs.add(job_id, counts={}, seal=True)  # a sealed job is never "interrupted"
     assert "interrupted" not in jobs.get(job_id).as_dict() and not jobs.get(job_id).as_dict()["walking"]
+
+
+def test_a_batch_sent_and_never_counted_is_reported_lost(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=8)
+    items = [{"id": "a" * 64, "filename": "a.jpg"}]
+    jobs.record_sent(job_id, "b0", "proxima.embed_batch", items)
+    jobs.record_sent(job_id, "b1", "proxima.embed_batch", items)
+    jobs.finish_batch(job_id, "b0", done=4, errors=[])
+    assert [(j, k) for j, k, _, _ in jobs.lost_batches()] == [(job_id, "b1")]
+    jobs.finish_batch(job_id, "b1", done=4, errors=[])  # the job is complete: nothing is lost any more
+    assert not [j for j, _, _, _ in jobs.lost_batches() if j == job_id]

@@ -209,3 +209,4 @@ def test_text_search(client, uploaded):
     assert len(results) == 3 and all(-1 <= r["score"] <= 1 for r in results)
     for bad in ({"text": ""}, {"text": "   "}, {"text": "x" * 1001}, {"text": "ok", "top_k": 0}, {}):
         assert client.post("/search/text", json=bad).status_code == 422, bad
+

@@ -4,6 +4,7 @@ cannot load before starting anything."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,11 +51,16 @@ class Launcher:
 
     def processes(self) -> list[psutil.Process]:
         """Everything the launcher runs: its descendants, and the PostgreSQL it started through pg_ctl."""
-        found = psutil.Process(self.proc.pid).children(recursive=True)
+        try:
+            found = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            found = []
         pid_file = Path(self.settings["DATA_DIR"]) / "postgres" / "postmaster.pid"
-        if pid_file.exists():
+        try:
             postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
             found += [postmaster, *postmaster.children(recursive=True)]
+        except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
+            pass  # not started, or already gone
         return found
 
     def worker(self) -> psutil.Process:
@@ -68,8 +74,9 @@ class Launcher:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        for p in self.processes() if self.proc.poll() is None else []:
-            p.kill()
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
         self._log.close()
 
 

@@ -82,6 +82,24 @@ def _load_on_start(**_: object) -> None:
     except ProximaError as exc:
         log.critical("the worker cannot start: %s", exc)
         raise SystemExit(1) from exc
+    threading.Thread(target=_sweep_lost_batches, name="lost-batches", daemon=True).start()
+
+
+SWEEP_S = 15.0
+
+
+def _sweep_lost_batches() -> None:
+    """Every SWEEP_S, while the queue is idle, send again the batches the queue lost (see
+    `Proxima.resend_lost_batches`); one worker at a time (a Redis lock)."""
+    suspects: set[tuple[str, str]] = set()
+    while True:
+        time.sleep(SWEEP_S)
+        try:
+            proxima = context().proxima
+            if proxima.redis.set("proxima:lost-batch-sweep", 1, nx=True, ex=int(SWEEP_S) - 1):
+                suspects = proxima.resend_lost_batches(suspects)
+        except Exception:  # noqa: BLE001 - Redis down, say: look again next time
+            log.debug("lost-batch sweep skipped", exc_info=True)
 
 
 class BatchTask(Task):
