@@ -145,6 +145,9 @@ def main() -> int:
     if os.geteuid() == 0:
         env["C_FORCE_ROOT"] = "1"  # Celery refuses root otherwise; containers run as a normal user
     stack = Supervisor()
+    # Ctrl-C and SIGTERM stop the stack, even when this process inherited SIGINT as ignored (started by a
+    # script in the background: Python then leaves it ignored, and Ctrl-C would do nothing).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
