@@ -56,7 +56,9 @@ def test_the_api_matches_its_openapi_document(api, tmp_path):
     (tmp_path / "schemathesis.toml").write_text(config)
     result = subprocess.run(
         [exe, "--config-file", str(tmp_path / "schemathesis.toml"), "run", f"{server.url}/openapi.json",
-         "--checks", "all", "--max-examples", "60", "--seed", str(SEED), "--workers", "2", "--no-color"],
+         # one worker: schemathesis' threads hit CPython 3.11's non-thread-safe ast.parse inside Hypothesis
+         # ("SystemError: AST constructor recursion depth mismatch"), a crash of the tool, not of the API
+         "--checks", "all", "--max-examples", "60", "--seed", str(SEED), "--workers", "1", "--no-color"],
         cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600,
     )
     summary = result.stdout[-4000:]
