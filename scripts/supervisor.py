@@ -70,7 +70,6 @@ class Supervisor:
         self.children: list[Child] = []
         self.cleanups: list[Callable[[], None]] = []  # run last, in reverse order (e.g. stop PostgreSQL)
         self._clock = clock
-        self._stopping = False
 
     def add(self, name: str, start: Callable[[], subprocess.Popen], *, service: bool = False) -> Child:
         child = Child(name, start, service=service)
@@ -127,7 +126,6 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop the application processes, then the services, then run the cleanups; bounded in time."""
-        self._stopping = True
         for group in ([c for c in self.children if not c.service], [c for c in self.children if c.service]):
             running = [c for c in reversed(group) if c.proc is not None and c.proc.poll() is None]
             started = time.monotonic()

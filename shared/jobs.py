@@ -136,13 +136,13 @@ class JobStore:
         lost = []
         for raw in self.redis.smembers(_OPEN):
             job_id = _text(raw)
-            key, batches_key = self._keys(job_id)[0], self._keys(job_id)[1]
+            key, batches_key, *_, sent_key = self._keys(job_id)
             state = self.redis.hget(key, "state")
             if state is None or JobState(_text(state)) in FINAL_STATES:
                 self.redis.srem(_OPEN, job_id)
                 continue
             counted = self.redis.smembers(batches_key)
-            for batch_key, value in self.redis.hgetall(self._keys(job_id)[5]).items():
+            for batch_key, value in self.redis.hgetall(sent_key).items():
                 if batch_key not in counted:
                     sent = json.loads(value)
                     lost.append((job_id, _text(batch_key), sent["task"], sent["items"]))
