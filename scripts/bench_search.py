@@ -9,13 +9,15 @@ clients, and recall@10 against exact search. The last line is JSON: {"vectors", 
 "load_s", "index_s", "p50_ms", "p99_ms", "qps", "recall_at_10", "params"}.
 
 pgvector runs on a private embedded PostgreSQL unless `--database-url` is given; milvus on a private
-Milvus Lite server unless `--milvus-uri`; manticore needs `--manticore-url`.
+Milvus Lite server unless `--milvus-uri`; manticore on a private searchd (MANTICORE_SEARCHD, MANTICORE_TARBALL
+or PATH, as in `make test`) unless `--manticore-url`, merged into `--chunks` disk chunks after loading.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -28,7 +30,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.devservices import start_milvus_lite, stop  # noqa: E402
+from scripts.devservices import (  # noqa: E402
+    MANTICORE_HINT,
+    find_searchd,
+    start_manticore,
+    start_milvus_lite,
+    stop,
+)
 from scripts.synthetic import clustered  # noqa: E402
 from shared.backends import ImageRecord, VectorBackend  # noqa: E402
 from shared.types import ModelInfo  # noqa: E402
@@ -111,12 +119,19 @@ def open_backend(args: argparse.Namespace, work: Path, cleanups: list) -> tuple[
                              ef_search=args.ef_search, timeout=3600), params
     from shared.backends.manticore import ManticoreBackend
 
-    if not args.manticore_url:
-        raise SystemExit("--backend manticore needs --manticore-url mysql://host:9306")
-    params = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
-    return ManticoreBackend.from_url(args.manticore_url, table="bench_images", meta_table="bench_meta",
-                                     hnsw_m=args.m, hnsw_ef_construction=args.ef_construction,
-                                     ef_search=args.ef_search), params
+    url = args.manticore_url
+    if not url:
+        searchd = find_searchd(os.environ.get("MANTICORE_SEARCHD", ""), os.environ.get("MANTICORE_TARBALL", ""),
+                               work / "manticore-server")
+        if searchd is None:
+            raise SystemExit(f"--backend manticore: no Manticore server; {MANTICORE_HINT} (or give --manticore-url)")
+        proc, url = start_manticore(searchd, work / "manticore")
+        cleanups.append(lambda: stop(proc, timeout=120))
+    params = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search,
+              "chunks": args.chunks}
+    return ManticoreBackend.from_url(url, table="bench_images", meta_table="bench_meta", hnsw_m=args.m,
+                                     hnsw_ef_construction=args.ef_construction, ef_search=args.ef_search,
+                                     pool_size=args.clients + 1, read_timeout=None), params
 
 
 def load_and_index(backend: VectorBackend, data: np.ndarray, queries: np.ndarray,
@@ -134,9 +149,24 @@ def load_and_index(backend: VectorBackend, data: np.ndarray, queries: np.ndarray
         backend.create_index(maintenance_work_mem=args.maintenance_work_mem, parallel_workers=args.build_workers)
     elif args.backend == "milvus":
         backend.search(queries[0], K)  # Milvus builds as it loads; the first search waits for it
+    elif hasattr(backend, "optimize"):
+        settle_manticore(backend, args.chunks)
     index_s = time.perf_counter() - started
     print(f"load {load_s:.1f} s, index {index_s:.1f} s", file=sys.stderr)
     return load_s, index_s
+
+
+def settle_manticore(backend, chunks: int) -> None:
+    """Manticore builds each chunk's HNSW graph as it saves and merges chunks: index time is until that is
+    done, either merged into `chunks` disk chunks, or (0) once searchd's own auto_optimize is idle."""
+    if chunks:
+        backend.optimize(chunks)
+        return
+    quiet = 0
+    while quiet < 3:  # three looks in a row without a merge running
+        time.sleep(2)
+        quiet = quiet + 1 if backend.table_status().get("optimizing", "0") == "0" else 0
+    print(f"manticore: {backend.table_status().get('disk_chunks')} disk chunks", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared-buffers", default="4GB", help="pgvector: for the private server")
     p.add_argument("--workdir", type=Path, help="keep the private database here; a re-run with the same data "
                    "skips loading and indexing (to compare search settings)")
+    p.add_argument("--chunks", type=int, default=1, help="manticore: merge into this many disk chunks after "
+                   "loading (0: leave it to searchd's auto_optimize)")
     p.add_argument("--database-url")
     p.add_argument("--milvus-uri")
     p.add_argument("--manticore-url")

