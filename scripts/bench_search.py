@@ -128,9 +128,10 @@ def open_backend(args: argparse.Namespace, work: Path, cleanups: list) -> tuple[
         proc, url = start_manticore(searchd, work / "manticore")
         cleanups.append(lambda: stop(proc, timeout=120))
     params = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search,
-              "chunks": args.chunks}
+              "chunks": args.chunks, "quantization": args.quantization, "early_termination": args.early_termination}
     return ManticoreBackend.from_url(url, table="bench_images", meta_table="bench_meta", hnsw_m=args.m,
                                      hnsw_ef_construction=args.ef_construction, ef_search=args.ef_search,
+                                     quantization=args.quantization, early_termination=args.early_termination,
                                      pool_size=args.clients + 1, read_timeout=None), params
 
 
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                    "skips loading and indexing (to compare search settings)")
     p.add_argument("--chunks", type=int, default=1, help="manticore: merge into this many disk chunks after "
                    "loading (0: leave it to searchd's auto_optimize)")
+    p.add_argument("--quantization", default="", choices=["", "8bit", "1bit"], help="manticore: at table creation")
+    p.add_argument("--early-termination", action="store_true", help="manticore: stop the walk once results settle")
     p.add_argument("--database-url")
     p.add_argument("--milvus-uri")
     p.add_argument("--manticore-url")

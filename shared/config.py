@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     # Manticore table and HNSW parameters
     manticore_table: str = Field("proxima_images", pattern=r"^[a-z_][a-z0-9_]{0,127}$")
     manticore_hnsw_m: int = Field(16, ge=2, le=100)
-    manticore_hnsw_ef_construction: int = Field(200, ge=4, le=1000)
-    manticore_ef_search: int = Field(200, ge=1, le=1000)
+    manticore_hnsw_ef_construction: int = Field(100, ge=4, le=1000)
+    manticore_ef_search: int = Field(64, ge=1, le=1000)
     manticore_quantization: Literal["", "8bit", "1bit"] = ""  # applies when the table is created
     manticore_oversampling: float = Field(3.0, ge=1.0, le=100.0)  # quantized tables: candidates re-scored
     manticore_early_termination: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,3 +154,50 @@ def test_a_model_that_cannot_load_stops_at_once_with_one_message(tmp_path, tiny_
         assert not os.path.exists(tmp_path / "data" / "redis"), "nothing starts before the model is checked"
     finally:
         up.close()
+
+
+def test_manticore_runs_inside_the_stack_and_keeps_its_data(tmp_path, tiny_model, manticore_searchd):
+    """VECTOR_BACKEND=manticore without MANTICORE_URL: the launcher runs searchd (here from MANTICORE_SEARCHD)
+    with its data under $DATA_DIR/manticore, stops it with the stack, and a second start finds the index."""
+    settings = {"VECTOR_BACKEND": "manticore", "MANTICORE_SEARCHD": str(manticore_searchd)}
+    up = Launcher(tmp_path, tiny_model, MANTICORE_PORT=str(free_port()), **settings)
+    try:
+        up.wait_ready()
+        searchd = [p for p in up.processes() if p.name() == "searchd"]
+        assert len(searchd) == 1, up.log()[-2000:]
+        body = _upload(up.url, range(300, 306), size=(320, 240))
+        job_url = f"{up.url}/jobs/{body['job_id']}"
+        wait_for(lambda: httpx.get(job_url).json()["state"] == "completed", 90, "the job")
+        health = httpx.get(f"{up.url}/health").json()
+        assert (health["backend"], health["vectors"]) == ("manticore", 6), health
+        assert (tmp_path / "data" / "manticore" / "data" / "proxima_images").is_dir()
+        up.proc.send_signal(signal.SIGINT)
+        up.proc.wait(15)
+        wait_for(lambda: _gone(searchd), 5, "searchd to stop with the stack")
+    finally:
+        up.close()
+
+    again = Launcher(tmp_path, tiny_model, MANTICORE_PORT=str(free_port()), **settings)
+    try:
+        again.wait_ready()
+        assert httpx.get(f"{again.url}/health").json()["vectors"] == 6
+        hits = httpx.post(f"{again.url}/search", files={"file": ("q.jpg", jpeg(300, (320, 240)))}).json()["results"]
+        assert hits[0]["id"] == body["images"][0]["id"] and hits[0]["score"] > 0.999
+    finally:
+        again.close()
+
+
+def test_manticore_without_a_server_binary_stops_with_what_to_set(tmp_path, tiny_model):
+    if shutil.which("searchd", path="/usr/local/bin:/usr/bin:/bin"):
+        pytest.skip("a searchd is installed on PATH here: the launcher would use it")
+    cases = {"": "MANTICORE_SEARCHD to a searchd binary", str(tmp_path / "nope"): "no executable file there"}
+    for n, (searchd, message) in enumerate(cases.items()):
+        (tmp_path / str(n)).mkdir()
+        up = Launcher(tmp_path / str(n), tiny_model, VECTOR_BACKEND="manticore",
+                      MANTICORE_SEARCHD=searchd, PATH="/usr/local/bin:/usr/bin:/bin")
+        try:
+            up.proc.wait(90)
+            out = up.log()
+            assert up.proc.returncode != 0 and message in out and "Traceback" not in out, out
+        finally:
+            up.close()

@@ -164,8 +164,8 @@ class ManticoreBackend:
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, user: str | None = None,
                  password: str = "", database: str | None = None, table: str = "proxima_images",
-                 meta_table: str | None = None, ef_search: int = 128, hnsw_m: int = 16,
-                 hnsw_ef_construction: int = 200, quantization: str = "", oversampling: float = 3.0,
+                 meta_table: str | None = None, ef_search: int = 64, hnsw_m: int = 16,
+                 hnsw_ef_construction: int = 100, quantization: str = "", oversampling: float = 3.0,
                  early_termination: bool = False, batch_rows: int = 500, pool_size: int = 4,
                  connect_timeout: float = 5.0, read_timeout: float | None = 120.0) -> None:
         """Nothing connects here: connections are opened on first use.

@@ -175,7 +175,7 @@ def test_create_table_follows_the_knn_grammar(fake: Fake):
     assert len(create) == 1 and create[0][1] is None
     sql = create[0][0]
     assert "embedding float_vector knn_type='hnsw' knn_dims='64' hnsw_similarity='COSINE'" in sql
-    assert "hnsw_m='16' hnsw_ef_construction='200'" in sql
+    assert "hnsw_m='16' hnsw_ef_construction='100'" in sql
     # Data_types.md: `ident type [options]`, options `name='value'`
     columns = re.fullmatch(r"CREATE TABLE IF NOT EXISTS proxima_images \((.*)\)", sql).group(1).split(", ")
     types = {c.split()[0]: " ".join(c.split()[1:]) for c in columns}
@@ -240,7 +240,7 @@ def test_search_uses_knn_and_passes_the_vector_as_a_parameter(fake: Fake):
     assert sql.startswith("SELECT id, img_id, filename, size_bytes, format, width, height, model, created_at, "
                           "knn_dist() FROM proxima_images WHERE knn(")
     k, vector, ef, early_termination, limit, max_matches = params
-    assert (k, limit, max_matches) == (10, 10, 10) and ef == 128 and early_termination == 0
+    assert (k, limit, max_matches) == (10, 10, 10) and ef == 64 and early_termination == 0
     assert isinstance(vector, manticore.VectorParam) and vector.values.dtype == np.float32
     assert np.array_equal(vector.values, query)
 
