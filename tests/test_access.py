@@ -19,14 +19,16 @@ def app_with(settings, **update):
 
 
 @pytest.fixture(scope="module")
-def keyed(stack_settings, worker):
-    with app_with(stack_settings, api_key=SecretStr(KEY)) as c:
+def keyed(backend_client):
+    """An API with API_KEY set, on a stack of each backend (its worker included): every read and write of
+    the vector database sits behind the key whichever database it is."""
+    with app_with(backend_client[1], api_key=SecretStr(KEY)) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def public(stack_settings, worker):
-    with app_with(stack_settings, api_key=SecretStr(KEY), public_search=True) as c:
+def public(backend_client):
+    with app_with(backend_client[1], api_key=SecretStr(KEY), public_search=True) as c:
         yield c
 
 
