@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.devservices import (  # noqa: E402
     MANTICORE_HINT,
-    find_searchd,
+    searchd_from_environment,
     start_manticore,
     start_milvus_lite,
     stop,
@@ -121,8 +120,7 @@ def open_backend(args: argparse.Namespace, work: Path, cleanups: list) -> tuple[
 
     url = args.manticore_url
     if not url:
-        searchd = find_searchd(os.environ.get("MANTICORE_SEARCHD", ""), os.environ.get("MANTICORE_TARBALL", ""),
-                               work / "manticore-server")
+        searchd = searchd_from_environment(work / "manticore-server")
         if searchd is None:
             raise SystemExit(f"--backend manticore: no Manticore server; {MANTICORE_HINT} (or give --manticore-url)")
         proc, url = start_manticore(searchd, work / "manticore")

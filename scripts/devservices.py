@@ -268,6 +268,12 @@ def find_searchd(searchd: str = "", tarball: str = "", unpack_dir: Path | None =
     return Path(found) if found else None
 
 
+def searchd_from_environment(unpack_dir: Path) -> Path | None:
+    """find_searchd with this process's MANTICORE_SEARCHD / MANTICORE_TARBALL (tests and benchmarks; `make up`
+    reads them through its settings)."""
+    return find_searchd(os.environ.get("MANTICORE_SEARCHD", ""), os.environ.get("MANTICORE_TARBALL", ""), unpack_dir)
+
+
 def _unpack_searchd(tarball: Path, unpack_dir: Path | None) -> Path:
     import tarfile
 

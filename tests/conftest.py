@@ -22,7 +22,7 @@ from scripts.devservices import (
     MANTICORE_HINT,
     Postgres,
     Worker,
-    find_searchd,
+    searchd_from_environment,
     start_manticore,
     start_milvus_lite,
     start_redis,
@@ -93,8 +93,7 @@ def milvus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def manticore_searchd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The searchd binary from MANTICORE_SEARCHD, MANTICORE_TARBALL (unpacked here) or PATH; skips without one."""
-    searchd = find_searchd(os.environ.get("MANTICORE_SEARCHD", ""), os.environ.get("MANTICORE_TARBALL", ""),
-                           tmp_path_factory.mktemp("manticore-server"))
+    searchd = searchd_from_environment(tmp_path_factory.mktemp("manticore-server"))
     if searchd is None:
         pytest.skip(f"no Manticore server here: {MANTICORE_HINT}")
     return searchd

@@ -57,8 +57,8 @@ MAX_STATEMENT_BYTES = 16 * 1024 * 1024
 _ROW_OVERHEAD_BYTES = 4096  # ids, numbers and the escaped metadata strings of one row (a file name is <= 255 chars)
 _FLOAT_BYTES = 17  # the longest float32 in encode_vector's form (-1.23456789e-38), plus its comma
 
-# Searching/KNN.md, "Vector quantization": the spelling searchd's DDL takes for each setting value.
-QUANTIZATIONS = {"": "", "8bit": "8bit", "1bit": "1bit"}
+# Searching/KNN.md, "Vector quantization": the values searchd takes ("" = full float32 vectors).
+QUANTIZATIONS = frozenset({"", "8bit", "1bit"})
 
 _RECORD_COLUMNS = "img_id, filename, size_bytes, format, width, height, model, created_at"
 _ROW_PLACEHOLDERS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"  # id, embedding, then _RECORD_COLUMNS
@@ -293,7 +293,7 @@ class ManticoreBackend:
             "filename string attribute, size_bytes bigint, format string attribute, "
             "width int, height int, model string attribute, created_at bigint)",
             dims=str(int(dim)), m=str(int(self.hnsw_m)), efc=str(int(self.hnsw_ef_construction)),
-            quantization=f" quantization='{QUANTIZATIONS[self.quantization]}'" if self.quantization else "",
+            quantization=f" quantization='{self.quantization}'" if self.quantization else "",
         )
 
     def ensure_schema(self, model: ModelInfo) -> None:
@@ -365,8 +365,7 @@ class ManticoreBackend:
             if owners.setdefault(did, image_id) != image_id:
                 raise BackendError(f"image ids {owners[did]} and {image_id} collide on Manticore document id {did}")
             rows.append((did, i))
-        dim = int(np.asarray(vectors).reshape(len(records), -1).shape[1]) if len(records) else 0
-        per_statement = max(1, min(self.batch_rows, MAX_STATEMENT_BYTES // (dim * _FLOAT_BYTES + _ROW_OVERHEAD_BYTES)))
+        per_statement = self._rows_per_statement(np.asarray(vectors[0]).size) if rows else 1
         for chunk in _chunks(rows, per_statement):
             params: list[Any] = []
             for did, i in chunk:
@@ -387,6 +386,11 @@ class ManticoreBackend:
                     params,
                 )
 
+    def _rows_per_statement(self, dim: int) -> int:
+        """Rows of `dim`-dimensional vectors one REPLACE may carry: `batch_rows`, fewer when they would
+        exceed MAX_STATEMENT_BYTES."""
+        return max(1, min(self.batch_rows, MAX_STATEMENT_BYTES // (dim * _FLOAT_BYTES + _ROW_OVERHEAD_BYTES)))
+
     def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = ()) -> list[Hit]:
         k = int(k)
         if k <= 0:
@@ -398,10 +402,10 @@ class ManticoreBackend:
         # early_termination off unless asked for (it stops the graph walk once results stop improving).
         # A quantized table is searched for oversampling × k candidates re-scored with the full vectors.
         # LIMIT/max_matches: Manticore returns 20 rows by default, and a disk chunk may add up to k more.
-        options = "{ef=%s, early_termination=%s" + (", rescore=1, oversampling=%s}" if self._quantized() else "}")
+        options = "{ef=%s, early_termination=%s}"
         values: list[Any] = [max(self.ef_search, limit), int(self.early_termination)]
         if self._quantized():
-            values.append(float(self.oversampling))
+            options, values = "{ef=%s, early_termination=%s, rescore=1, oversampling=%s}", [*values, self.oversampling]
         with self._cursor() as cur:
             cur.execute(
                 self._sql(

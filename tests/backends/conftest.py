@@ -92,9 +92,9 @@ def milvus_factory(milvus_url: str) -> Iterator[Factory]:
 @pytest.fixture
 def manticore_factory(manticore_url: str) -> Iterator[Factory]:
     """Fresh, uniquely named tables on the session's Manticore server; dropped afterwards."""
-    url = manticore_url
     prefix = "t_" + uuid.uuid4().hex[:12]
-    factory = Factory(("manticore", {"url": url, "table": f"{prefix}_images", "meta_table": f"{prefix}_meta"}))
+    factory = Factory(("manticore", {"url": manticore_url, "table": f"{prefix}_images",
+                                     "meta_table": f"{prefix}_meta"}))
     yield factory
     factory.close()
     cleanup = build(factory.spec)
