@@ -13,10 +13,16 @@ Generates N photo-like JPEGs, starts a private Redis, PostgreSQL (or Milvus Lite
 
 `--device` and `--decode` set DEVICE and DECODE for the worker (e.g. `--device cuda --decode gpu` on a GPU
 machine); `--stage-times` prints the seconds per batch spent in read, decode, transfer, encode and upsert,
-so the bottleneck shows at a glance.
+so the bottleneck shows at a glance. `--runtime torch|openvino|onnxruntime` (and `--precision`) choose what
+runs the model (EMBED_RUNTIME, EMBED_PRECISION); `--compare-runtimes` measures torch, OpenVINO (its
+default precision, then f32) and ONNX Runtime side by side in one run, each on a fresh database, and
+prints each one's lowest cosine to torch's vectors on real photos (scripts/photosets.py) and texts:
+
+    python scripts/bench_ingest.py --images 300 --size 640x480 --model ViT-B-32 --compare-runtimes
 
 The last line is JSON: {"images", "model", "pipeline_img_s", "naive_img_s", "ratio", "model_only_img_s",
-"efficiency", ...} with efficiency = pipeline / model-only.
+"efficiency", ...} with efficiency = pipeline / model-only; with --compare-runtimes, {"runs": [one such
+object per runtime, with "pipeline_vs_torch" and "model_only_vs_torch"], "min_cosine_to_torch"}.
 """
 
 from __future__ import annotations
@@ -63,8 +69,8 @@ def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     return paths
 
 
-def model_only(settings, paths: list[Path], batch_size: int) -> float:
-    """Images/s of the model alone on pre-decoded uint8 input, batched like the worker."""
+def model_only(settings, paths: list[Path], batch_size: int) -> tuple[float, str]:
+    """Images/s of the model alone on pre-decoded uint8 input, batched like the worker; and its precision."""
     from shared.embedder import load_embedder
     from shared.imaging import load_image, to_model_input
 
@@ -75,12 +81,19 @@ def model_only(settings, paths: list[Path], batch_size: int) -> float:
     started = time.perf_counter()
     for i in range(0, len(pixels), batch_size):
         embedder.encode_images(pixels[i:i + batch_size])
-    return len(pixels) / (time.perf_counter() - started)
+    return len(pixels) / (time.perf_counter() - started), embedder.precision
 
 
-def pipeline(settings, folder: Path, n: int) -> tuple[float, dict]:
-    """Images/s of a folder ingest through Redis and the running worker, until the job completes; and the job."""
+def pipeline(settings, folder: Path, paths: list[Path]) -> tuple[float, dict]:
+    """Images/s of a folder ingest through Redis and the running worker, until the job completes; and the job.
+    `folder` gets hard links to `paths` (each run walks a folder of its own)."""
     from shared.services import Proxima
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        if not (folder / p.name).exists():
+            os.link(p, folder / p.name)
+    n = len(paths)
 
     proxima = Proxima.from_settings(settings)
     try:
@@ -132,6 +145,87 @@ def naive(env: dict[str, str], paths: list[Path], work: Path) -> float:
         log.close()
 
 
+RUNTIME_CONFIGS = [("torch", "auto"), ("openvino", "auto"), ("openvino", "f32"), ("onnxruntime", "auto")]
+TEXTS = ["a photo of a flower", "a ladybird on a green leaf", "sand dunes under a blue sky",
+         "storm clouds over the sea", "rain drops on a window", "a yellow flower in a garden"]
+
+
+def measure(args, work: Path, paths: list[Path], model_name: str, runtime: str, precision: str,
+            tag: str) -> dict:
+    """Model-only and pipeline img/s for one runtime, on fresh Redis and database (no duplicates), exports
+    shared between runs through one models folder."""
+    data = work / f"data-{tag}"
+    data.mkdir(parents=True, exist_ok=True)
+    (work / "models").mkdir(exist_ok=True)
+    if not (data / "models").exists():
+        (data / "models").symlink_to(work / "models")
+    redis_proc, redis_url = start_redis(work / f"redis-{tag}")
+    services = [redis_proc]
+    env = {"DATA_DIR": str(data), "REDIS_URL": redis_url, "VECTOR_BACKEND": args.backend,
+           "MODEL_NAME": model_name, "MODEL_PRETRAINED": "random", "DEVICE": args.device,
+           "DECODE": args.decode, "BATCH_SIZE": str(args.batch_size), "EMBED_RUNTIME": runtime,
+           "EMBED_PRECISION": precision}
+    pg = None
+    if args.backend == "pgvector":
+        pg = Postgres(work / f"pg-{tag}")
+        env["DATABASE_URL"] = pg.url
+    else:
+        milvus_proc, env["MILVUS_URI"] = start_milvus_lite(work / f"milvus-{tag}")
+        services.append(milvus_proc)
+    from shared.config import Settings
+
+    settings = Settings.explicit(**{k.lower(): v for k, v in env.items()})
+    batch_size = settings.effective_batch_size
+    result: dict = {"runtime": runtime, "precision": precision, "batch_size": batch_size}
+    try:
+        print(f"[{tag}] model only ...", file=sys.stderr)
+        result["model_only_img_s"], result["precision"] = model_only(settings, paths, batch_size)
+        print(f"  {result['model_only_img_s']:.1f} img/s ({result['precision']})", file=sys.stderr)
+        print(f"[{tag}] pipeline (folder ingest through Redis and a Celery worker) ...", file=sys.stderr)
+        worker = Worker(env, work / f"worker-{tag}.log")
+        try:
+            result["pipeline_img_s"], job = pipeline(settings, data / "source", paths)
+        finally:
+            worker.stop()
+        print(f"  {result['pipeline_img_s']:.1f} img/s", file=sys.stderr)
+        if args.stage_times:
+            result["stage_s_per_batch"] = stage_table(job)
+        if args.compare_naive:
+            print("naive (one request, one model call, one commit per image) ...", file=sys.stderr)
+            result["naive_img_s"] = naive(env, paths, work)
+            print(f"  {result['naive_img_s']:.1f} img/s", file=sys.stderr)
+    finally:
+        for proc in services:
+            stop(proc)
+        if pg is not None:
+            pg.stop()
+    result["efficiency"] = round(result["pipeline_img_s"] / result["model_only_img_s"], 3)
+    return result
+
+
+def real_photo_cosines(model_name: str, work: Path, configs: list[tuple[str, str]]) -> dict[str, dict]:
+    """Per runtime, the lowest cosine between its vectors and torch's, on real photos and texts."""
+    import numpy as np
+
+    from scripts.photosets import real_photos
+    from shared.config import Settings
+    from shared.embedder import load_embedder
+    from shared.imaging import load_image, to_model_input
+
+    vectors = {}
+    for runtime, precision in configs:
+        embedder = load_embedder(Settings.explicit(
+            data_dir=work / "data-cosine", model_name=model_name, model_pretrained="random", device="cpu",
+            embed_runtime=runtime, embed_precision=precision))
+        size = embedder.image_size
+        pixels = [to_model_input(load_image(p, min_side=size).image, size) for p in real_photos()]
+        vectors[(runtime, precision)] = embedder.encode_images(pixels), embedder.encode_text(TEXTS)
+    ref_images, ref_texts = vectors[configs[0]]
+    return {f"{r}/{p}": {"images": round(float(np.sum(i * ref_images, axis=1).min()), 6),
+                         "texts": round(float(np.sum(t * ref_texts, axis=1).min()), 6)}
+            for (r, p), (i, t) in vectors.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=300)
@@ -142,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (DEVICE)")
     parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
                         help="where workers decode (DECODE)")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"],
+                        help="what runs the model (EMBED_RUNTIME)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16", "int8"],
+                        help="EMBED_PRECISION")
+    parser.add_argument("--compare-runtimes", action="store_true",
+                        help="torch, OpenVINO (default precision and f32) and ONNX Runtime side by side, on the "
+                             "CPU, with each one's lowest cosine to torch on real photos")
     parser.add_argument("--stage-times", action="store_true",
                         help="print seconds per batch spent in read, decode, transfer, encode and upsert")
     parser.add_argument("--compare-naive", action="store_true")
@@ -149,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.compare_naive and args.backend != "pgvector":
         parser.error("--compare-naive runs the design document's PostgreSQL path: use --backend pgvector")
+    if args.compare_runtimes and args.device.startswith("cuda"):
+        parser.error("--compare-runtimes compares the CPU runtimes: use --device cpu or auto on a CPU machine")
     width, height = (int(v) for v in args.size.lower().split("x"))
 
     with tempfile.TemporaryDirectory(prefix="proxima-bench-") as tmp:
@@ -158,58 +261,32 @@ def main(argv: list[str] | None = None) -> int:
             model_name = str(write_tiny_model(work / "model")[0])
         print(f"generating {args.images} JPEGs of {width}x{height} ...", file=sys.stderr)
         paths = make_images(work / "images", args.images, (width, height))
-        redis_proc, redis_url = start_redis(work / "redis")
-        services = [redis_proc]
-        env = {"DATA_DIR": str(work / "data"), "REDIS_URL": redis_url, "VECTOR_BACKEND": args.backend,
-               "MODEL_NAME": model_name, "MODEL_PRETRAINED": "random", "DEVICE": args.device,
-               "DECODE": args.decode, "BATCH_SIZE": str(args.batch_size)}
-        pg = None
-        if args.backend == "pgvector":
-            pg = Postgres(work / "pg")
-            env["DATABASE_URL"] = pg.url
-        else:
-            milvus_proc, env["MILVUS_URI"] = start_milvus_lite(work / "milvus")
-            services.append(milvus_proc)
-        from shared.config import Settings
-
-        settings = Settings.explicit(**{k.lower(): v for k, v in env.items()})
-        batch_size = settings.effective_batch_size
-        stages = None
-        try:
-            print("model only ...", file=sys.stderr)
-            model_img_s = model_only(settings, paths, batch_size)
-            print(f"  {model_img_s:.1f} img/s", file=sys.stderr)
-            print("pipeline (folder ingest through Redis and a Celery worker) ...", file=sys.stderr)
-            worker = Worker(env, work / "worker.log")
-            try:
-                pipeline_img_s, job = pipeline(settings, work / "images", len(paths))
-            finally:
-                worker.stop()
-            print(f"  {pipeline_img_s:.1f} img/s", file=sys.stderr)
-            if args.stage_times:
-                stages = stage_table(job)
-            naive_img_s = None
-            if args.compare_naive:
-                print("naive (one request, one model call, one commit per image) ...", file=sys.stderr)
-                naive_img_s = naive(env, paths, work)
-                print(f"  {naive_img_s:.1f} img/s", file=sys.stderr)
-        finally:
-            for proc in services:
-                stop(proc)
-            if pg is not None:
-                pg.stop()
-    result = {
-        "images": len(paths), "model": args.model, "size": args.size, "backend": args.backend,
-        "device": args.device, "decode": args.decode, "batch_size": batch_size,
-        "pipeline_img_s": round(pipeline_img_s, 2),
-        "naive_img_s": round(naive_img_s, 2) if naive_img_s else None,
-        "ratio": round(pipeline_img_s / naive_img_s, 2) if naive_img_s else None,
-        "model_only_img_s": round(model_img_s, 2),
-        "efficiency": round(pipeline_img_s / model_img_s, 3),
-        **({"stage_s_per_batch": stages} if stages is not None else {}),
-    }
+        configs = RUNTIME_CONFIGS if args.compare_runtimes else [(args.runtime, args.precision)]
+        runs = [measure(args, work, paths, model_name, runtime, precision, f"{i}-{runtime}-{precision}")
+                for i, (runtime, precision) in enumerate(configs)]
+        cosines = real_photo_cosines(model_name, work, configs) if args.compare_runtimes else None
+    common = {"images": len(paths), "model": args.model, "size": args.size, "backend": args.backend,
+              "device": args.device, "decode": args.decode}
+    if args.compare_runtimes:
+        torch_run = runs[0]
+        for run in runs:
+            run["pipeline_vs_torch"] = round(run["pipeline_img_s"] / torch_run["pipeline_img_s"], 2)
+            run["model_only_vs_torch"] = round(run["model_only_img_s"] / torch_run["model_only_img_s"], 2)
+            print(f"  {run['runtime']:<12} {run['precision']:<5} model only {run['model_only_img_s']:7.1f} img/s "
+                  f"(x{run['model_only_vs_torch']:.2f})   pipeline {run['pipeline_img_s']:7.1f} img/s "
+                  f"(x{run['pipeline_vs_torch']:.2f})", file=sys.stderr)
+        print(json.dumps({**common, "runs": [_rounded(r) for r in runs], "min_cosine_to_torch": cosines}))
+        return 0
+    run = runs[0]
+    naive_img_s = run.pop("naive_img_s", None)
+    result = {**common, **_rounded(run), "naive_img_s": round(naive_img_s, 2) if naive_img_s else None,
+              "ratio": round(run["pipeline_img_s"] / naive_img_s, 2) if naive_img_s else None}
     print(json.dumps(result))
     return 0
+
+
+def _rounded(run: dict) -> dict:
+    return {k: round(v, 2) if isinstance(v, float) and k.endswith("img_s") else v for k, v in run.items()}
 
 
 if __name__ == "__main__":

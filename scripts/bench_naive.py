@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, cast
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from PIL import Image
 
 from shared.config import get_settings
 from shared.embedder import load_embedder
+from shared.runtime import TorchTowers
 
 state: dict = {}
 
@@ -29,9 +30,10 @@ async def lifespan(_: FastAPI):
     import psycopg
     from pgvector.psycopg import register_vector
 
-    settings = get_settings()
+    settings = get_settings().model_copy(update={"embed_runtime": "torch"})  # the design document's path
     embedder = load_embedder(settings)
     state["embedder"] = embedder
+    state["model"] = cast(TorchTowers, embedder.towers).image.owner
     state["preprocess"] = open_clip.image_transform(embedder.image_size, is_train=False)
     state["conn"] = psycopg.connect(os.environ["NAIVE_DATABASE_URL"])
     register_vector(state["conn"])
@@ -52,8 +54,9 @@ def index_image(file: Annotated[UploadFile, File()]) -> dict:
     image = Image.open(io.BytesIO(data)).convert("RGB")
     embedder = state["embedder"]
     with torch.inference_mode():
-        tensor = state["preprocess"](image).unsqueeze(0).to(embedder.device, embedder.dtype)
-        vector = torch.nn.functional.normalize(embedder.model.encode_image(tensor).float(), dim=-1)[0]
+        model = state["model"]
+        tensor = state["preprocess"](image).unsqueeze(0).to(embedder.device, next(model.parameters()).dtype)
+        vector = torch.nn.functional.normalize(model.encode_image(tensor).float(), dim=-1)[0]
     conn = state["conn"]
     conn.execute("INSERT INTO naive_images (id, embedding) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING",
                  (file.filename, np.asarray(vector.cpu(), dtype=np.float32)))

@@ -37,8 +37,7 @@ def copy_all(source: VectorBackend, dest: VectorBackend, *, batch_size: int, pro
     schema_ready = False
     for records, vectors in source.scan(batch_size):
         if not schema_ready:
-            name, _, pretrained = records[0].model.partition("/")
-            dest.ensure_schema(ModelInfo(name=name, pretrained=pretrained, dim=int(vectors.shape[1])))
+            dest.ensure_schema(ModelInfo.from_label(records[0].model, int(vectors.shape[1])))
             schema_ready = True
         present = dest.get([r.id for r in records])
         todo = [i for i, r in enumerate(records) if r.id not in present]

@@ -62,6 +62,8 @@ class BatchingEmbedder:
     def __init__(self, embedder: Embedder, max_batch: int = 32) -> None:
         self.info = embedder.info
         self.image_size = embedder.image_size
+        self.runtime = embedder.runtime
+        self.precision = embedder.precision
         self._images = _Merger(lambda pixels: embedder.encode_images(list(pixels)), max_batch, "encode-images")
         self._texts = _Merger(embedder.encode_text, max_batch, "encode-texts")
 

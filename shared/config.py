@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     model_name: str = "ViT-B-32"
     model_pretrained: str = "laion2b_s34b_b79k"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N picks one GPU
+    embed_runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"  # auto: torch on CUDA, else OpenVINO
+    embed_precision: Literal["auto", "f32", "bf16", "int8"] = "auto"  # auto: fp16 on CUDA, bf16 where the CPU has it
+    embed_threads: int = Field(0, ge=0, le=256)  # model threads on a CPU; 0: the CPUs this process may use
     batch_size: int = Field(0, ge=0, le=4096)  # images per batch; 0: 256 where the model runs on CUDA, else 32
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: nvJPEG for JPEGs; auto: GPU and CPU pool together
     decode_threads: int = Field(0, ge=0, le=256)  # 0: one per CPU core

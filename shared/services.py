@@ -250,7 +250,8 @@ class Proxima:
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "backend": self.backend.name,
-            "model": {"name": info.name, "pretrained": info.pretrained, "dim": info.dim, "random": info.is_random},
+            "model": {"name": info.name, "pretrained": info.pretrained, "dim": info.dim, "random": info.is_random,
+                      "runtime": self.model.runtime, "precision": self.model.precision},
             "vectors": vectors,
             "queue_depth": queue_depth,
         }

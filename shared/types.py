@@ -160,29 +160,43 @@ class ServiceError(ProximaError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What produced a vector: stored beside the index, so vectors of two models are never mixed."""
+    """What produced a vector: stored beside the index, so vectors of two models are never mixed.
+
+    `precision` is empty for the model's own vectors (fp32, and fp16/bf16, which stay within a cosine
+    of 0.999 of them); `int8` marks quantized weights, whose vectors count as another model's."""
 
     name: str
     pretrained: str
     dim: int
+    precision: str = ""
 
     @property
     def is_random(self) -> bool:
         return self.pretrained == RANDOM
 
     def label(self) -> str:
-        """`name/pretrained`, with a checkpoint path shortened to its file name (moving the file is fine)."""
+        """`name/pretrained[/int8]`, a checkpoint path shortened to its file name (moving the file is fine)."""
         pretrained = Path(self.pretrained).name if "/" in self.pretrained else self.pretrained
-        return f"{self.name}/{pretrained}"
+        return f"{self.name}/{pretrained}" + (f"/{self.precision}" if self.precision else "")
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "pretrained": self.pretrained, "dim": int(self.dim)})
+        data: dict[str, str | int] = {"name": self.name, "pretrained": self.pretrained, "dim": int(self.dim)}
+        if self.precision:
+            data["precision"] = self.precision
+        return json.dumps(data)
+
+    @classmethod
+    def from_label(cls, label: str, dim: int) -> ModelInfo:
+        """The identity a record's `model` label names (`label()` read back)."""
+        name, _, pretrained = label.partition("/")
+        pretrained, _, precision = pretrained.partition("/")
+        return cls(name=name, pretrained=pretrained, dim=dim, precision=precision)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelInfo:
         data = json.loads(text)
         return cls(name=str(data.get("name", "?")), pretrained=str(data.get("pretrained", "?")),
-                   dim=int(data.get("dim", 0)))
+                   dim=int(data.get("dim", 0)), precision=str(data.get("precision", "")))
 
 
 class Encoder(Protocol):
@@ -190,6 +204,8 @@ class Encoder(Protocol):
 
     info: ModelInfo
     image_size: int
+    runtime: str  # torch, openvino or onnxruntime (shared/runtime.py)
+    precision: str  # fp16, f32, bf16 or int8
 
     def encode_images(self, pixels: Sequence[Any]) -> np.ndarray: ...
     def encode_text(self, texts: list[str]) -> np.ndarray: ...

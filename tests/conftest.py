@@ -127,6 +127,7 @@ def _stack_env(tmp_path_factory, redis_url: str, tiny_model: tuple[Path, Path], 
         "MODEL_NAME": str(config),
         "MODEL_PRETRAINED": str(checkpoint),
         "DEVICE": "cpu",
+        "EMBED_RUNTIME": "openvino",  # the default on a CPU (auto), named so a missing package fails loudly
         "BATCH_SIZE": "8",
         "DECODE_THREADS": "2",
         **{k.upper(): v for k, v in backend.items()},

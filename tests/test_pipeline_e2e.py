@@ -152,8 +152,11 @@ def test_health_reports_model_backend_and_queue(client, settings):
     health = client.get("/health").json()
     assert health["status"] == "ok"
     assert health["backend"] == settings.vector_backend
+    from shared.runtime import openvino_has_bf16
+
     assert health["model"] == {"name": "proxima-tiny", "pretrained": str(settings.model_pretrained),
-                               "dim": 64, "random": False}
+                               "dim": 64, "random": False, "runtime": "openvino",
+                               "precision": "bf16" if openvino_has_bf16() else "f32"}
     assert isinstance(health["vectors"], int) and health["queue_depth"] == 0
 
 

@@ -20,6 +20,7 @@ from shared.types import (
     Job,
     JobClosed,
     JobState,
+    ModelInfo,
     NotFound,
     PathNotAllowed,
     QueryError,
@@ -84,3 +85,19 @@ def test_job_round_trips_through_its_json():
     assert job.finished and not Job(job_id="b" * 32, kind="folder", state=JobState.RUNNING, walking=True).finished
     upload = Job(job_id="c" * 32, kind="upload", state=JobState.QUEUED).as_dict()
     assert "walking" not in upload and "path" not in upload
+
+
+@pytest.mark.parametrize("info", [ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512),
+                                  ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512, precision="int8")])
+def test_model_identity_round_trips_and_int8_is_another_model(info):
+    from shared.backends.base import check_model
+
+    assert ModelInfo.from_json(info.to_json()) == info
+    assert ModelInfo.from_label(info.label(), info.dim) == info
+    full = ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512)
+    int8 = ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512, "int8")
+    check_model(full, full, index="test")
+    with pytest.raises(SchemaMismatch):
+        check_model(full, int8, index="test")
+    # identities stored before precision existed read back as the model's own vectors
+    assert ModelInfo.from_json('{"name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k", "dim": 512}') == full

@@ -1,0 +1,262 @@
+"""What runs the model's towers: torch (CPU or CUDA), OpenVINO or ONNX Runtime (CPU).
+
+`EMBED_RUNTIME=auto` picks torch on CUDA, OpenVINO on a CPU when it is installed, else torch. The model is
+always defined and loaded by open_clip (shared/embedder.py); OpenVINO and ONNX Runtime run its towers
+(shared/towers.py) exported to ONNX once and cached (shared/export.py). Every runtime gives the same
+vectors within a cosine of 0.999, so an index built with one is searched with another; the model identity
+stored with an index names the model, not the runtime (only `EMBED_PRECISION=int8`, which changes vectors
+more, is part of it).
+
+Precision (`EMBED_PRECISION=auto|f32|bf16|int8`): auto is fp16 on CUDA, bf16 with OpenVINO on a CPU that
+has native bf16 (OpenVINO's own default there), else f32. Threads (`EMBED_THREADS`, 0: the CPUs this
+process may use) bound the model on a CPU, so the decode pool and the model do not fight over cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from shared.types import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "openvino", "onnxruntime")
+CPU_ONLY = ("openvino", "onnxruntime")
+
+
+def installed(runtime: str) -> bool:
+    return importlib.util.find_spec(runtime) is not None
+
+
+def choose_runtime(requested: str, device: str) -> str:
+    """EMBED_RUNTIME → the runtime used on `device` (already resolved); ModelLoadError when impossible."""
+    if requested == "auto":
+        if device.startswith("cuda"):
+            return "torch"
+        return "openvino" if installed("openvino") else "torch"
+    if requested in CPU_ONLY:
+        if device.startswith("cuda"):
+            raise ModelLoadError(
+                f"EMBED_RUNTIME={requested} runs on the CPU, but DEVICE={device}: use EMBED_RUNTIME=torch "
+                "(or auto) on a GPU, or DEVICE=cpu"
+            )
+        if not installed(requested):
+            raise ModelLoadError(
+                f"EMBED_RUNTIME={requested} but the {requested} package is not installed: `pip install "
+                f"{requested}` (`make venv` installs it), or set EMBED_RUNTIME=auto to use what is there"
+            )
+    return requested
+
+
+def choose_precision(requested: str, runtime: str, device: str) -> str:
+    """EMBED_PRECISION → fp16, f32, bf16 or int8 for this runtime and device; ModelLoadError when impossible."""
+    cuda = device.startswith("cuda")
+    if requested == "auto":
+        if cuda:
+            return "fp16"
+        return "bf16" if runtime == "openvino" and openvino_has_bf16() else "f32"
+    if requested == "bf16":
+        if runtime == "openvino" and not openvino_has_bf16():
+            raise ModelLoadError("EMBED_PRECISION=bf16 but this CPU has no native bf16 (OpenVINO): use auto or f32")
+        if runtime == "onnxruntime" or (runtime == "torch" and not cuda):
+            raise ModelLoadError(
+                f"EMBED_PRECISION=bf16 is not offered by {runtime} on the CPU: use EMBED_RUNTIME=openvino, or f32"
+            )
+    if requested == "int8" and runtime != "onnxruntime":
+        raise ModelLoadError(
+            "EMBED_PRECISION=int8 (weights quantized to 8 bits) runs with EMBED_RUNTIME=onnxruntime only"
+        )
+    return requested
+
+
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes natively in bf16 here (AVX-512 BF16 or AMX)."""
+    if not installed("openvino"):
+        return False
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def cpu_budget() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def runtime_version(runtime: str) -> str:
+    import torch
+
+    if runtime == "torch":
+        return torch.__version__
+    module = importlib.import_module(runtime)
+    return str(getattr(module, "__version__", None) or module.get_version())
+
+
+class Towers(Protocol):
+    """A runtime's handle on the two towers (shared/towers.py gives their contract)."""
+
+    runtime: str
+    precision: str
+    threads: int
+
+    def batch(self, pixels: Sequence[Any]) -> Any:
+        """Decoded uint8 images (HWC arrays, CHW tensors) → the image tower's input (N, 3, S, S)."""
+
+    def images(self, batch: Any) -> np.ndarray:
+        """The image tower on `batch()`'s result → float32 (N, dim)."""
+
+    def texts(self, tokens: torch.Tensor) -> np.ndarray:
+        """The text tower on token ids (N, context) → float32 (N, dim)."""
+
+
+class TorchTowers:
+    """The towers in torch eager, on the CPU or a CUDA device."""
+
+    runtime = "torch"
+
+    def __init__(self, image: torch.nn.Module, text: torch.nn.Module | None, device: str, precision: str,
+                 threads: int) -> None:
+        self.image, self.text, self.device, self.precision, self.threads = image, text, device, precision, threads
+
+    def batch(self, pixels: Sequence[Any]) -> torch.Tensor:
+        from shared.decode import as_batch, synchronize
+
+        x = as_batch(pixels, self.device)
+        synchronize(self.device)
+        return x
+
+    def images(self, batch: torch.Tensor) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.image(batch).float().cpu().numpy()
+
+    def texts(self, tokens: torch.Tensor) -> np.ndarray:
+        import torch
+
+        if self.text is None:
+            raise ModelLoadError("this model has no text tower")
+        with torch.inference_mode():
+            return self.text(tokens.to(self.device)).float().cpu().numpy()
+
+
+class _ExportedTowers:
+    """Shared by OpenVINO and ONNX Runtime: numpy in, numpy out, on the CPU."""
+
+    runtime = ""
+
+    def __init__(self, precision: str, threads: int) -> None:
+        self.precision, self.threads = precision, threads
+
+    def batch(self, pixels: Sequence[Any]) -> np.ndarray:
+        arrays = [p if isinstance(p, np.ndarray) else p.cpu().permute(1, 2, 0).numpy() for p in pixels]
+        return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+
+    def images(self, batch: np.ndarray) -> np.ndarray:
+        return self._run("image", batch)
+
+    def texts(self, tokens: torch.Tensor) -> np.ndarray:
+        return self._run("text", np.ascontiguousarray(tokens.cpu().numpy().astype(np.int64)))
+
+    def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OpenVINOTowers(_ExportedTowers):
+    runtime = "openvino"
+
+    def __init__(self, folder: Path, precision: str, threads: int) -> None:
+        import openvino as ov
+
+        super().__init__(precision, threads)
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        self._compiled = {t: core.compile_model(core.read_model(folder / f"{t}.xml"), "CPU", config)
+                          for t in ("image", "text")}
+        self._local = threading.local()  # an infer request serves one thread at a time
+
+    def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
+        requests = self._local.__dict__.setdefault("requests", {})
+        if tower not in requests:
+            requests[tower] = self._compiled[tower].create_infer_request()
+        request = requests[tower]
+        request.infer({0: inputs})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+
+class OnnxRuntimeTowers(_ExportedTowers):
+    runtime = "onnxruntime"
+
+    def __init__(self, folder: Path, precision: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        super().__init__(precision, threads)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self._sessions = {t: ort.InferenceSession(str(folder / f"{t}.onnx"), options,
+                                                  providers=["CPUExecutionProvider"])
+                          for t in ("image", "text")}
+
+    def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
+        session = self._sessions[tower]
+        return np.asarray(session.run(None, {session.get_inputs()[0].name: inputs})[0], dtype=np.float32)
+
+
+def export_towers(folder: Path, runtime: str, precision: str, image: torch.nn.Module, text: torch.nn.Module,
+                  image_size: int, tokens: torch.Tensor) -> None:
+    """Write the runtime's files for both towers into `folder` (called by shared.export.cached)."""
+    import torch
+
+    from shared.export import export_onnx
+
+    pixels = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
+    for name, module, example, input_name in (("image", image, pixels, "pixels"),
+                                              ("text", text, tokens, "tokens")):
+        onnx_path = folder / f"{name}.onnx"
+        export_onnx(module, example, input_name, onnx_path)
+        if runtime == "openvino":
+            import openvino as ov
+
+            ov.save_model(ov.convert_model(onnx_path), folder / f"{name}.xml", compress_to_fp16=False)
+            onnx_path.unlink()
+            for extra in folder.glob(f"{name}.onnx*"):  # external weight files of very large towers
+                extra.unlink()
+        elif precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantized = folder / f"{name}.int8.onnx"
+            root = logging.getLogger()
+            level, root.level = root.level, max(root.level, logging.WARNING)  # one INFO line per tensor
+            try:
+                quantize_dynamic(onnx_path, quantized, weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                root.setLevel(level)
+            quantized.replace(onnx_path)
+
+
+def load_towers(folder: Path, runtime: str, precision: str, threads: int) -> Towers:
+    if runtime == "openvino":
+        return OpenVINOTowers(folder, precision, threads)
+    return OnnxRuntimeTowers(folder, precision, threads)
