@@ -125,7 +125,7 @@ def load_embedder(settings: Settings) -> Embedder:
         if device.startswith("cuda"):
             model = model.to(memory_format=torch.channels_last)
         cfg = model.visual.preprocess_cfg
-        dtype = next(model.parameters()).dtype
+        dtype = _weights_dtype(model.visual)
         return ImageTower(model, model.encode_image, cfg["mean"], cfg["std"], dtype).to(device), \
             TextTower(model, model.encode_text)
 
@@ -147,6 +147,14 @@ def load_embedder(settings: Settings) -> Embedder:
     embedder = Embedder(towers, tokenizer, info, size, device)
     log.info("loaded model %s (dim %d)", embedder.describe(), info.dim)
     return embedder
+
+
+def _weights_dtype(module: Any) -> torch.dtype:
+    """The dtype most of a module's weights are in (open_clip's fp16 keeps a few, e.g. embeddings, in fp32)."""
+    counts: dict[Any, int] = {}
+    for parameter in module.parameters():
+        counts[parameter.dtype] = counts.get(parameter.dtype, 0) + parameter.numel()
+    return max(counts, key=lambda dtype: counts[dtype])
 
 
 def _image_size(config: dict[str, Any]) -> int:
