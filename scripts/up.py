@@ -113,7 +113,7 @@ def check_model(env: dict[str, str]) -> None:
     code = ("import sys\nfrom shared.config import get_settings\nfrom shared.embedder import load_embedder\n"
             "from shared.types import ModelLoadError\ntry:\n    load_embedder(get_settings())\n"
             "except ModelLoadError as exc:\n    sys.exit(str(exc))\n")
-    log.info("checking that the model loads ...")
+    log.info("checking that the model loads (on a CPU the first start also exports it for OpenVINO, once) ...")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONWARNINGS": "ignore"},
                             capture_output=True, text=True)
     if result.returncode != 0:
