@@ -18,7 +18,7 @@ from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
 from shared.config import get_settings
-from shared.embedder import load_embedder
+from shared.embedder import load_embedder, weights_dtype
 from shared.runtime import TorchTowers
 
 state: dict = {}
@@ -34,6 +34,7 @@ async def lifespan(_: FastAPI):
     embedder = load_embedder(settings)
     state["embedder"] = embedder
     state["model"] = cast(TorchTowers, embedder.towers).image.owner
+    state["dtype"] = weights_dtype(state["model"].visual)
     state["preprocess"] = open_clip.image_transform(embedder.image_size, is_train=False)
     state["conn"] = psycopg.connect(os.environ["NAIVE_DATABASE_URL"])
     register_vector(state["conn"])
@@ -55,7 +56,7 @@ def index_image(file: Annotated[UploadFile, File()]) -> dict:
     embedder = state["embedder"]
     with torch.inference_mode():
         model = state["model"]
-        tensor = state["preprocess"](image).unsqueeze(0).to(embedder.device, next(model.parameters()).dtype)
+        tensor = state["preprocess"](image).unsqueeze(0).to(embedder.device, state["dtype"])
         vector = torch.nn.functional.normalize(model.encode_image(tensor).float(), dim=-1)[0]
     conn = state["conn"]
     conn.execute("INSERT INTO naive_images (id, embedding) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING",

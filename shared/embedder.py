@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.device import resolve_device
-from shared.export import cache_folder, cached
+from shared.export import cache_folder, cached, export_towers
 from shared.runtime import (
     CPU_ONLY,
     TorchTowers,
@@ -27,7 +27,6 @@ from shared.runtime import (
     choose_precision,
     choose_runtime,
     cpu_budget,
-    export_towers,
     load_towers,
     runtime_version,
 )
@@ -125,7 +124,7 @@ def load_embedder(settings: Settings) -> Embedder:
         if device.startswith("cuda"):
             model = model.to(memory_format=torch.channels_last)
         cfg = model.visual.preprocess_cfg
-        dtype = _weights_dtype(model.visual)
+        dtype = weights_dtype(model.visual)
         return ImageTower(model, model.encode_image, cfg["mean"], cfg["std"], dtype).to(device), \
             TextTower(model, model.encode_text)
 
@@ -138,10 +137,10 @@ def load_embedder(settings: Settings) -> Embedder:
         key = {"model": info.label(), "weights": _weights_stamp(pretrained), "config": _config_stamp(config_path),
                "runtime": runtime, "runtime_version": runtime_version(runtime), "torch": torch.__version__,
                "open_clip": open_clip.__version__, "image_size": size, "int8": precision == "int8"}
-        tokens = tokenizer(["a photo of a cat", "a red car on a street"])
         towers = cached(
             cache_folder(settings.models_dir, info.label(), runtime), key,
-            build=lambda folder: export_towers(folder, runtime, precision, *torch_towers(), size, tokens),
+            build=lambda folder: export_towers(folder, runtime, precision, *torch_towers(), size,
+                                               tokenizer(["a photo of a cat", "a red car on a street"])),
             load=lambda folder: load_towers(folder, runtime, precision, threads),
         )
     embedder = Embedder(towers, tokenizer, info, size, device)
@@ -149,7 +148,7 @@ def load_embedder(settings: Settings) -> Embedder:
     return embedder
 
 
-def _weights_dtype(module: Any) -> torch.dtype:
+def weights_dtype(module: Any) -> torch.dtype:
     """The dtype most of a module's weights are in (open_clip's fp16 keeps a few, e.g. embeddings, in fp32)."""
     counts: dict[Any, int] = {}
     for parameter in module.parameters():
@@ -211,8 +210,6 @@ def _create_model(name: str, pretrained: str, settings: Settings, *, device: str
         return open_clip.create_model(
             name, pretrained=pretrained, cache_dir=str(settings.models_dir), require_pretrained=True, **kwargs,
         )
-    except ModelLoadError:
-        raise
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load {name} weights {pretrained!r}: {exc}. Without network access, set "

@@ -111,3 +111,34 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def export_towers(folder: Path, runtime: str, precision: str, image: torch.nn.Module, text: torch.nn.Module,
+                  image_size: int, tokens: torch.Tensor) -> None:
+    """Write the runtime's files for both towers into `folder` (the `build` step of `cached`): ONNX, converted
+    to OpenVINO's format for openvino, weights quantized for onnxruntime's int8."""
+    import torch
+
+    pixels = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
+    for name, module, example, input_name in (("image", image, pixels, "pixels"),
+                                              ("text", text, tokens, "tokens")):
+        onnx_path = folder / f"{name}.onnx"
+        export_onnx(module, example, input_name, onnx_path)
+        if runtime == "openvino":
+            import openvino as ov
+
+            ov.save_model(ov.convert_model(onnx_path), folder / f"{name}.xml", compress_to_fp16=False)
+            onnx_path.unlink()
+            for extra in folder.glob(f"{name}.onnx*"):  # external weight files of very large towers
+                extra.unlink()
+        elif precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantized = folder / f"{name}.int8.onnx"
+            root = logging.getLogger()
+            level, root.level = root.level, max(root.level, logging.WARNING)  # one INFO line per tensor
+            try:
+                quantize_dynamic(onnx_path, quantized, weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                root.setLevel(level)
+            quantized.replace(onnx_path)

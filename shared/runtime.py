@@ -15,11 +15,11 @@ process may use) bound the model on a CPU, so the decode pool and the model do n
 from __future__ import annotations
 
 import importlib.util
-import logging
 import math
 import os
 import threading
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,8 +29,6 @@ from shared.types import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
-
-log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "openvino", "onnxruntime")
 CPU_ONLY = ("openvino", "onnxruntime")
@@ -81,6 +79,7 @@ def choose_precision(requested: str, runtime: str, device: str) -> str:
     return requested
 
 
+@lru_cache(maxsize=1)
 def openvino_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin computes natively in bf16 here (AVX-512 BF16 or AMX)."""
     if not installed("openvino"):
@@ -103,10 +102,7 @@ def cpu_budget() -> int:
 
 
 def runtime_version(runtime: str) -> str:
-    import torch
-
-    if runtime == "torch":
-        return torch.__version__
+    """The installed version of an exported runtime (openvino, onnxruntime): part of the export cache key."""
     module = importlib.import_module(runtime)
     return str(getattr(module, "__version__", None) or module.get_version())
 
@@ -133,7 +129,7 @@ class TorchTowers:
 
     runtime = "torch"
 
-    def __init__(self, image: torch.nn.Module, text: torch.nn.Module | None, device: str, precision: str,
+    def __init__(self, image: torch.nn.Module, text: torch.nn.Module, device: str, precision: str,
                  threads: int) -> None:
         self.image, self.text, self.device, self.precision, self.threads = image, text, device, precision, threads
 
@@ -153,8 +149,6 @@ class TorchTowers:
     def texts(self, tokens: torch.Tensor) -> np.ndarray:
         import torch
 
-        if self.text is None:
-            raise ModelLoadError("this model has no text tower")
         with torch.inference_mode():
             return self.text(tokens.to(self.device)).float().cpu().numpy()
 
@@ -222,38 +216,6 @@ class OnnxRuntimeTowers(_ExportedTowers):
     def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
         session = self._sessions[tower]
         return np.asarray(session.run(None, {session.get_inputs()[0].name: inputs})[0], dtype=np.float32)
-
-
-def export_towers(folder: Path, runtime: str, precision: str, image: torch.nn.Module, text: torch.nn.Module,
-                  image_size: int, tokens: torch.Tensor) -> None:
-    """Write the runtime's files for both towers into `folder` (called by shared.export.cached)."""
-    import torch
-
-    from shared.export import export_onnx
-
-    pixels = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
-    for name, module, example, input_name in (("image", image, pixels, "pixels"),
-                                              ("text", text, tokens, "tokens")):
-        onnx_path = folder / f"{name}.onnx"
-        export_onnx(module, example, input_name, onnx_path)
-        if runtime == "openvino":
-            import openvino as ov
-
-            ov.save_model(ov.convert_model(onnx_path), folder / f"{name}.xml", compress_to_fp16=False)
-            onnx_path.unlink()
-            for extra in folder.glob(f"{name}.onnx*"):  # external weight files of very large towers
-                extra.unlink()
-        elif precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantized = folder / f"{name}.int8.onnx"
-            root = logging.getLogger()
-            level, root.level = root.level, max(root.level, logging.WARNING)  # one INFO line per tensor
-            try:
-                quantize_dynamic(onnx_path, quantized, weight_type=QuantType.QInt8, per_channel=True)
-            finally:
-                root.setLevel(level)
-            quantized.replace(onnx_path)
 
 
 def load_towers(folder: Path, runtime: str, precision: str, threads: int) -> Towers:
