@@ -45,7 +45,8 @@ _DESCRIPTIONS = {
     401: "missing or wrong API key (send X-API-Key; only when API_KEY is set)",
     403: "not allowed (e.g. a folder outside INGEST_ROOTS, or folder ingest disabled)",
     404: "no such image, job or folder",
-    409: "the job is sealed: no more images can be added to it",
+    409: "not possible in this state: the job is sealed (no more images can be added), or text search on an "
+         "index built with an image-only extractor",
     413: "the request body is larger than MAX_UPLOAD_MB, or has more files than MAX_FILES_PER_REQUEST",
     422: "a value out of range (FastAPI's validation errors), or a file that is not a usable image",
     500: "the vector database refused the operation",

@@ -18,8 +18,9 @@ from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
 from shared.config import get_settings
-from shared.embedder import load_embedder, weights_dtype
+from shared.embedder import load_embedder
 from shared.runtime import TorchTowers
+from shared.towers import weights_dtype
 
 state: dict = {}
 

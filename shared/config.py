@@ -27,9 +27,10 @@ class Settings(BaseSettings):
     milvus_uri: str = ""
     manticore_url: str = ""
 
-    # Model
-    model_name: str = "ViT-B-32"
-    model_pretrained: str = "laion2b_s34b_b79k"
+    # Model (shared/extractors/): the family, then a model of it; empty names mean the extractor's default
+    extractor: Literal["open_clip", "efficientnet_lite"] = "open_clip"  # efficientnet_lite: image search only
+    model_name: str = ""  # open_clip: ViT-B-32; efficientnet_lite: efficientnet-lite0
+    model_pretrained: str = ""  # open_clip: laion2b_s34b_b79k; efficientnet_lite: imagenet (installed)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N picks one GPU
     embed_runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"  # auto: torch on CUDA, else OpenVINO
     embed_precision: Literal["auto", "f32", "bf16", "int8"] = "auto"  # auto: fp16 on CUDA, bf16 where the CPU has it

@@ -2,7 +2,7 @@
 
 One folder per model identity and runtime (`exported/<model>/<runtime>/`) holds the runtime's
 files and `key.json`: what they were built from (model identity and checkpoint file, the runtime's,
-torch's and open_clip's versions, this module's format). A later start whose key matches loads the
+torch's and the extractor library's versions, this module's format). A later start whose key matches loads the
 files (seconds); a changed key (stale) or files that are missing, truncated or fail to load (corrupt)
 are rebuilt, each with a log line. Several processes starting at once (API, workers) take a file lock:
 one exports, the others then load its result. A folder is renamed into place only when complete.
@@ -113,15 +113,18 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def export_towers(folder: Path, runtime: str, precision: str, image: torch.nn.Module, text: torch.nn.Module,
-                  image_size: int, tokens: torch.Tensor) -> None:
-    """Write the runtime's files for both towers into `folder` (the `build` step of `cached`): ONNX, converted
-    to OpenVINO's format for openvino, weights quantized for onnxruntime's int8."""
+def export_towers(folder: Path, runtime: str, precision: str, image: torch.nn.Module, text: torch.nn.Module | None,
+                  image_size: int, tokens: torch.Tensor | None) -> None:
+    """Write the runtime's files for the towers into `folder` (the `build` step of `cached`): ONNX, converted
+    to OpenVINO's format for openvino, weights quantized for onnxruntime's int8. `text` is None for an
+    image-only extractor."""
     import torch
 
     pixels = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
-    for name, module, example, input_name in (("image", image, pixels, "pixels"),
-                                              ("text", text, tokens, "tokens")):
+    towers = [("image", image, pixels, "pixels")]
+    if text is not None and tokens is not None:
+        towers.append(("text", text, tokens, "tokens"))
+    for name, module, example, input_name in towers:
         onnx_path = folder / f"{name}.onnx"
         export_onnx(module, example, input_name, onnx_path)
         if runtime == "openvino":

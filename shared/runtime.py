@@ -1,14 +1,15 @@
 """What runs the model's towers: torch (CPU or CUDA), OpenVINO or ONNX Runtime (CPU).
 
 `EMBED_RUNTIME=auto` picks torch on CUDA, OpenVINO on a CPU when it is installed, else torch. The model is
-always defined and loaded by open_clip (shared/embedder.py); OpenVINO and ONNX Runtime run its towers
+always defined and loaded in torch by its extractor (shared/extractors/); OpenVINO and ONNX Runtime run its towers
 (shared/towers.py) exported to ONNX once and cached (shared/export.py). Every runtime gives the same
 vectors within a cosine of 0.999, so an index built with one is searched with another; the model identity
 stored with an index names the model, not the runtime (only `EMBED_PRECISION=int8`, which changes vectors
 more, is part of it).
 
 Precision (`EMBED_PRECISION=auto|f32|bf16|int8`): auto is fp16 on CUDA, bf16 with OpenVINO on a CPU that
-has native bf16 (OpenVINO's own default there), else f32. Threads (`EMBED_THREADS`, 0: the CPUs this
+has native bf16 (OpenVINO's own default there) when the extractor allows it (CLIP: yes; EfficientNet-Lite,
+whose vectors drift to a cosine of ~0.996 in bf16: no), else f32. Threads (`EMBED_THREADS`, 0: the CPUs this
 process may use) bound the model on a CPU, so the decode pool and the model do not fight over cores.
 """
 
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from shared.types import ModelLoadError
+from shared.types import ModelLoadError, NotSupported
 
 if TYPE_CHECKING:
     import torch
@@ -58,13 +59,16 @@ def choose_runtime(requested: str, device: str) -> str:
     return requested
 
 
-def choose_precision(requested: str, runtime: str, device: str) -> str:
-    """EMBED_PRECISION → fp16, f32, bf16 or int8 for this runtime and device; ModelLoadError when impossible."""
+def choose_precision(requested: str, runtime: str, device: str, *, cpu_bf16: bool = True) -> str:
+    """EMBED_PRECISION → fp16, f32, bf16 or int8 for this runtime and device; ModelLoadError when impossible.
+
+    `cpu_bf16`: whether auto may pick bf16 on a CPU for this model (an extractor whose vectors drift in bf16
+    says no)."""
     cuda = device.startswith("cuda")
     if requested == "auto":
         if cuda:
             return "fp16"
-        return "bf16" if runtime == "openvino" and openvino_has_bf16() else "f32"
+        return "bf16" if cpu_bf16 and runtime == "openvino" and openvino_has_bf16() else "f32"
     if requested == "bf16":
         if runtime == "openvino" and not openvino_has_bf16():
             raise ModelLoadError("EMBED_PRECISION=bf16 but this CPU has no native bf16 (OpenVINO): use auto or f32")
@@ -113,6 +117,7 @@ class Towers(Protocol):
     runtime: str
     precision: str
     threads: int
+    has_text: bool  # False for an image-only extractor
 
     def batch(self, pixels: Sequence[Any]) -> Any:
         """Decoded uint8 images (HWC arrays, CHW tensors) → the image tower's input (N, 3, S, S)."""
@@ -129,9 +134,10 @@ class TorchTowers:
 
     runtime = "torch"
 
-    def __init__(self, image: torch.nn.Module, text: torch.nn.Module, device: str, precision: str,
+    def __init__(self, image: torch.nn.Module, text: torch.nn.Module | None, device: str, precision: str,
                  threads: int) -> None:
         self.image, self.text, self.device, self.precision, self.threads = image, text, device, precision, threads
+        self.has_text = text is not None
 
     def batch(self, pixels: Sequence[Any]) -> torch.Tensor:
         from shared.decode import as_batch, synchronize
@@ -149,6 +155,8 @@ class TorchTowers:
     def texts(self, tokens: torch.Tensor) -> np.ndarray:
         import torch
 
+        if self.text is None:
+            raise NotSupported("this model has no text tower")
         with torch.inference_mode():
             return self.text(tokens.to(self.device)).float().cpu().numpy()
 
@@ -158,8 +166,9 @@ class _ExportedTowers:
 
     runtime = ""
 
-    def __init__(self, precision: str, threads: int) -> None:
+    def __init__(self, precision: str, threads: int, towers: tuple[str, ...]) -> None:
         self.precision, self.threads = precision, threads
+        self.has_text = "text" in towers
 
     def batch(self, pixels: Sequence[Any]) -> np.ndarray:
         arrays = [p if isinstance(p, np.ndarray) else p.cpu().permute(1, 2, 0).numpy() for p in pixels]
@@ -169,6 +178,8 @@ class _ExportedTowers:
         return self._run("image", batch)
 
     def texts(self, tokens: torch.Tensor) -> np.ndarray:
+        if not self.has_text:
+            raise NotSupported("this model has no text tower")
         return self._run("text", np.ascontiguousarray(tokens.cpu().numpy().astype(np.int64)))
 
     def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
@@ -178,15 +189,15 @@ class _ExportedTowers:
 class OpenVINOTowers(_ExportedTowers):
     runtime = "openvino"
 
-    def __init__(self, folder: Path, precision: str, threads: int) -> None:
+    def __init__(self, folder: Path, precision: str, threads: int, towers: tuple[str, ...]) -> None:
         import openvino as ov
 
-        super().__init__(precision, threads)
+        super().__init__(precision, threads, towers)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
         self._compiled = {t: core.compile_model(core.read_model(folder / f"{t}.xml"), "CPU", config)
-                          for t in ("image", "text")}
+                          for t in towers}
         self._local = threading.local()  # an infer request serves one thread at a time
 
     def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
@@ -201,24 +212,26 @@ class OpenVINOTowers(_ExportedTowers):
 class OnnxRuntimeTowers(_ExportedTowers):
     runtime = "onnxruntime"
 
-    def __init__(self, folder: Path, precision: str, threads: int) -> None:
+    def __init__(self, folder: Path, precision: str, threads: int, towers: tuple[str, ...]) -> None:
         import onnxruntime as ort
 
-        super().__init__(precision, threads)
+        super().__init__(precision, threads, towers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self._sessions = {t: ort.InferenceSession(str(folder / f"{t}.onnx"), options,
                                                   providers=["CPUExecutionProvider"])
-                          for t in ("image", "text")}
+                          for t in towers}
 
     def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
         session = self._sessions[tower]
         return np.asarray(session.run(None, {session.get_inputs()[0].name: inputs})[0], dtype=np.float32)
 
 
-def load_towers(folder: Path, runtime: str, precision: str, threads: int) -> Towers:
+def load_towers(folder: Path, runtime: str, precision: str, threads: int, *, text: bool = True) -> Towers:
+    """The exported towers in `folder` (the text tower too unless `text` is False: an image-only extractor)."""
+    towers = ("image", "text") if text else ("image",)
     if runtime == "openvino":
-        return OpenVINOTowers(folder, precision, threads)
-    return OnnxRuntimeTowers(folder, precision, threads)
+        return OpenVINOTowers(folder, precision, threads, towers)
+    return OnnxRuntimeTowers(folder, precision, threads, towers)

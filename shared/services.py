@@ -234,7 +234,8 @@ class Proxima:
     # --- operations ------------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """Backend, model identity, number of vectors and queue depth; `status` is `degraded` if a service is down."""
+        """Backend, model identity and capabilities (text search or not), number of vectors and queue depth;
+        `status` is `degraded` if a service is down."""
         problems: list[str] = []
         vectors = queue_depth = None
         try:
@@ -250,8 +251,9 @@ class Proxima:
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "backend": self.backend.name,
-            "model": {"name": info.name, "pretrained": info.pretrained, "dim": info.dim, "random": info.is_random,
-                      "runtime": self.model.runtime, "precision": self.model.precision},
+            "model": {"extractor": info.extractor, "name": info.name, "pretrained": info.pretrained, "dim": info.dim,
+                      "random": info.is_random, "runtime": self.model.runtime, "precision": self.model.precision},
+            "capabilities": {"image_search": True, "text_search": self.model.has_text},
             "vectors": vectors,
             "queue_depth": queue_depth,
         }

@@ -46,3 +46,11 @@ class TextTower(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._encode(tokens).float(), dim=-1)
+
+
+def weights_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype most of a module's weights are in (open_clip's fp16 keeps a few, e.g. embeddings, in fp32)."""
+    counts: dict[torch.dtype, int] = {}
+    for parameter in module.parameters():
+        counts[parameter.dtype] = counts.get(parameter.dtype, 0) + parameter.numel()
+    return max(counts, key=lambda dtype: counts[dtype])

@@ -12,6 +12,7 @@ the workers and the scripts all import it. Exceptions, and what each means to a 
     │   └── PathNotAllowed
     ├── NotFound                404  no such image, job or folder
     ├── JobClosed               409  adding to a job that is sealed
+    ├── NotSupported            409  e.g. text search with an image-only extractor
     ├── TooLarge                413  too many files in one request
     ├── ModelLoadError          500  the configured model cannot load (stops a process at start-up)
     └── BackendError            500  the vector database refused something
@@ -79,6 +80,10 @@ class JobClosed(ProximaError):
     pass
 
 
+class NotSupported(ProximaError):
+    """Something the loaded model cannot do (text search with an image-only extractor)."""
+
+
 class TooLarge(ProximaError):
     pass
 
@@ -120,6 +125,7 @@ ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Error
     (Forbidden, ErrorInfo("forbidden", 403)),
     (NotFound, ErrorInfo("not_found", 404)),
     (JobClosed, ErrorInfo("bad_input", 409)),
+    (NotSupported, ErrorInfo("bad_input", 409)),
     (TooLarge, ErrorInfo("bad_input", 413)),
     (BackendUnavailable, ErrorInfo("unavailable", 503, "vector database unavailable, try again shortly: ", _RETRY)),
     ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
@@ -158,45 +164,58 @@ class ServiceError(ProximaError):
 # --- models and stage times ----------------------------------------------------------------------------
 
 
+DEFAULT_EXTRACTOR = "open_clip"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What produced a vector: stored beside the index, so vectors of two models are never mixed.
 
-    `precision` is empty for the model's own vectors (fp32, and fp16/bf16, which stay within a cosine
-    of 0.999 of them); `int8` marks quantized weights, whose vectors count as another model's."""
+    `extractor` is the family that loads the model (shared/extractors/). `precision` is empty for the
+    model's own vectors (fp32, and fp16/bf16, which stay within a cosine of 0.999 of them); `int8` marks
+    quantized weights, whose vectors count as another model's."""
 
     name: str
     pretrained: str
     dim: int
     precision: str = ""
+    extractor: str = DEFAULT_EXTRACTOR
 
     @property
     def is_random(self) -> bool:
         return self.pretrained == RANDOM
 
     def label(self) -> str:
-        """`name/pretrained[/int8]`, a checkpoint path shortened to its file name (moving the file is fine)."""
+        """`[extractor:]name/pretrained[/int8]`, a checkpoint path shortened to its file name (moving the file
+        is fine); open_clip, the first extractor, is implied (indexes built before extractors keep their label)."""
         pretrained = Path(self.pretrained).name if "/" in self.pretrained else self.pretrained
-        return f"{self.name}/{pretrained}" + (f"/{self.precision}" if self.precision else "")
+        prefix = "" if self.extractor == DEFAULT_EXTRACTOR else f"{self.extractor}:"
+        return f"{prefix}{self.name}/{pretrained}" + (f"/{self.precision}" if self.precision else "")
 
     def to_json(self) -> str:
         data: dict[str, str | int] = {"name": self.name, "pretrained": self.pretrained, "dim": int(self.dim)}
         if self.precision:
             data["precision"] = self.precision
+        if self.extractor != DEFAULT_EXTRACTOR:
+            data["extractor"] = self.extractor
         return json.dumps(data)
 
     @classmethod
     def from_label(cls, label: str, dim: int) -> ModelInfo:
         """The identity a record's `model` label names (`label()` read back)."""
-        name, _, pretrained = label.partition("/")
+        extractor, colon, rest = label.partition(":")
+        if not colon or "/" in extractor:  # no extractor prefix (a ':' further on belongs to the name)
+            extractor, rest = DEFAULT_EXTRACTOR, label
+        name, _, pretrained = rest.partition("/")
         pretrained, _, precision = pretrained.partition("/")
-        return cls(name=name, pretrained=pretrained, dim=dim, precision=precision)
+        return cls(name=name, pretrained=pretrained, dim=dim, precision=precision, extractor=extractor)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelInfo:
         data = json.loads(text)
         return cls(name=str(data.get("name", "?")), pretrained=str(data.get("pretrained", "?")),
-                   dim=int(data.get("dim", 0)), precision=str(data.get("precision", "")))
+                   dim=int(data.get("dim", 0)), precision=str(data.get("precision", "")),
+                   extractor=str(data.get("extractor", DEFAULT_EXTRACTOR)))
 
 
 class Encoder(Protocol):
@@ -206,6 +225,7 @@ class Encoder(Protocol):
     image_size: int
     runtime: str  # torch, openvino or onnxruntime (shared/runtime.py)
     precision: str  # fp16, f32, bf16 or int8
+    has_text: bool  # False for an image-only extractor: encode_text raises NotSupported
 
     def encode_images(self, pixels: Sequence[Any]) -> np.ndarray: ...
     def encode_text(self, texts: list[str]) -> np.ndarray: ...

@@ -31,11 +31,13 @@ from scripts.devservices import (
 )
 from shared.config import Settings
 
-E2E_BACKENDS = ["pgvector", "milvus", "manticore"]
+# Each backend with the tiny test model, then pgvector once more with real pretrained weights (EfficientNet-Lite0,
+# an image-only extractor), so every layer also runs a real network.
+E2E_BACKENDS = ["pgvector", "milvus", "manticore", "efficientnet_lite"]
 # Fixtures that start (or stand for) real service processes: a test using any of them is `slow`.
 SERVICE_FIXTURES = {"redis_url", "pg_url", "milvus_url", "manticore_url", "manticore_searchd", "worker", "client",
                     "pg_client", "backend_client", "stack_env", "stack_settings", "fresh_pg_url", "backend",
-                    "backend_factory"}
+                    "backend_factory", "efficientnet_env", "efficientnet_worker"}
 
 
 _OWN_BASETEMP = pytest.StashKey[str]()
@@ -174,11 +176,43 @@ def client(pg_client):
     return pg_client
 
 
+def _new_database(pg_url: str, name: str) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return pg_url.replace("/postgres?", f"/{name}?")
+
+
+@pytest.fixture(scope="session")
+def efficientnet_env(tmp_path_factory, redis_url: str, pg_url: str, tiny_model) -> dict[str, str]:
+    """A stack on the real ImageNet weights of EfficientNet-Lite0 (installed with Proxima; image search only):
+    pgvector in a database of its own (another model identity), Redis database 3."""
+    return _stack_env(tmp_path_factory, redis_url, tiny_model, 3, vector_backend="pgvector",
+                      database_url=_new_database(pg_url, "e2e_efficientnet"), extractor="efficientnet_lite",
+                      model_name="", model_pretrained="")
+
+
+@pytest.fixture(scope="session")
+def efficientnet_worker(efficientnet_env: dict[str, str], tmp_path_factory) -> Iterator[Worker]:
+    w = Worker(efficientnet_env, tmp_path_factory.mktemp("logs") / "worker-efficientnet.log")
+    yield w
+    w.stop()
+
+
 @pytest.fixture(scope="session", params=E2E_BACKENDS)
 def backend_client(request, tmp_path_factory, redis_url, tiny_model):
     """(client, settings) of a full stack on each backend: pgvector reuses `client`, the others start their own."""
     if request.param == "pgvector":
         yield request.getfixturevalue("pg_client"), request.getfixturevalue("stack_settings")
+        return
+    if request.param == "efficientnet_lite":
+        request.getfixturevalue("efficientnet_worker")
+        settings = _settings(request.getfixturevalue("efficientnet_env"))
+        with _client(settings) as c:
+            yield c, settings
         return
     if request.param == "milvus":
         backend = {"vector_backend": "milvus", "milvus_uri": request.getfixturevalue("milvus_url")}

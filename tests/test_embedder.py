@@ -12,8 +12,9 @@ import pytest
 from scripts.devservices import REPO
 from scripts.synthetic import jpeg, photo
 from shared.config import Settings
-from shared.embedder import ModelLoadError, load_embedder
+from shared.embedder import load_embedder
 from shared.imaging import load_image, to_model_input
+from shared.types import ModelLoadError
 
 
 def settings(**overrides) -> Settings:

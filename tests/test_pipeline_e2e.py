@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
+from PIL import Image
 
 from scripts.devservices import wait_for
-from scripts.synthetic import encode, jpeg, photo
+from scripts.photosets import real_photos
+from scripts.synthetic import encode, jpeg
+from shared.imaging import load_image
 from shared.types import FINAL_STATES
 
-GOOD = {
-    "beach.jpg": lambda: jpeg(1),
-    "forest.png": lambda: encode(photo(2), "PNG"),
-    "city.bmp": lambda: encode(photo(3), "BMP"),
-    "cat.gif": lambda: encode(photo(4), "GIF"),
-    "dog.webp": lambda: encode(photo(5), "WEBP", quality=90),
-    "scan.tiff": lambda: encode(photo(6), "TIFF"),
-}
+# Real photographs (scripts/photosets.py), one per accepted format, small enough to upload quickly.
+FORMATS = {"beach.jpg": ("JPEG", {"quality": 90}), "forest.png": ("PNG", {}), "city.bmp": ("BMP", {}),
+           "cat.gif": ("GIF", {}), "dog.webp": ("WEBP", {"quality": 90}), "scan.tiff": ("TIFF", {})}
+GOOD = list(FORMATS)
+
+
+@functools.cache
+def original(name: str) -> Image.Image:
+    photo = load_image(real_photos()[GOOD.index(name)]).image
+    photo.thumbnail((480, 480))
+    return photo
+
+
+def good_file(name: str) -> bytes:
+    fmt, params = FORMATS[name]
+    return encode(original(name), fmt, **params)
 
 
 def wait_job(client, job_id: str, timeout: float = 60) -> dict:
@@ -40,7 +53,7 @@ def settings(backend_client):
 
 @pytest.fixture(scope="module")
 def uploaded(client):
-    good = {name: make() for name, make in GOOD.items()}
+    good = {name: good_file(name) for name in GOOD}
     corrupt = jpeg(7)[:1500]  # a valid header, then the data stops
     files = [("files", (name, data)) for name, data in good.items()]
     files += [("files", ("broken.jpg", corrupt)), ("files", ("notes.jpg", b"just some text, not a picture\n"))]
@@ -86,15 +99,19 @@ def test_each_image_finds_itself_first(client, uploaded):
         assert scores == sorted(scores, reverse=True)
 
 
-def test_resized_reencoded_copy_finds_original(client, uploaded):
+def test_resized_reencoded_copy_finds_original(client, settings, uploaded):
+    # the rank is what matters; the cosine of a one-third-size, JPEG q70 copy is model-dependent: 0.56 and up
+    # with EfficientNet-Lite0 on these photos (upscaled to its 224 px, the copy is blurred), above 0.9 with the
+    # tiny test model
+    least = 0.5 if settings.extractor == "efficientnet_lite" else 0.9
     good, body = uploaded
     wait_job(client, body["job_id"])
     ids = {img["filename"]: img["id"] for img in body["images"]}
-    for seed, name in enumerate(GOOD, start=1):
-        copy = encode(photo(seed).resize((200, 150)), "JPEG", quality=70)
+    for name in GOOD:
+        copy = encode(original(name).resize((160, 100)), "JPEG", quality=70)
         result = search(client, copy, top_k=3, filename="copy.jpg").json()["results"]
         assert result[0]["id"] == ids[name], (name, result)
-        assert result[0]["score"] > 0.9
+        assert result[0]["score"] > least, (name, result)
 
 
 def test_stored_original_is_served(client, uploaded):
@@ -154,9 +171,17 @@ def test_health_reports_model_backend_and_queue(client, settings):
     assert health["backend"] == settings.vector_backend
     from shared.runtime import openvino_has_bf16
 
-    assert health["model"] == {"name": "proxima-tiny", "pretrained": str(settings.model_pretrained),
-                               "dim": 64, "random": False, "runtime": "openvino",
-                               "precision": "bf16" if openvino_has_bf16() else "f32"}
+    bf16 = "bf16" if openvino_has_bf16() else "f32"
+    if settings.extractor == "efficientnet_lite":  # real ImageNet weights; f32: they drift in bf16
+        assert health["model"] == {"extractor": "efficientnet_lite", "name": "efficientnet-lite0",
+                                   "pretrained": "imagenet", "dim": 1280, "random": False, "runtime": "openvino",
+                                   "precision": "f32"}
+        assert health["capabilities"] == {"image_search": True, "text_search": False}
+    else:
+        assert health["model"] == {"extractor": "open_clip", "name": "proxima-tiny",
+                                   "pretrained": str(settings.model_pretrained), "dim": 64, "random": False,
+                                   "runtime": "openvino", "precision": bf16}
+        assert health["capabilities"] == {"image_search": True, "text_search": True}
     assert isinstance(health["vectors"], int) and health["queue_depth"] == 0
 
 
@@ -204,12 +229,15 @@ def test_more_like_this_uses_the_stored_vector_and_excludes_itself(client, uploa
     assert client.get(f"/images/{first}/similar?top_k=0").status_code == 422
 
 
-def test_text_search(client, uploaded):
+def test_text_search(client, settings, uploaded):
     wait_job(client, uploaded[1]["job_id"])
     response = client.post("/search/text", json={"text": "a photo of a beach", "top_k": 3})
-    assert response.status_code == 200
-    results = response.json()["results"]
-    assert len(results) == 3 and all(-1 <= r["score"] <= 1 for r in results)
+    if settings.extractor == "efficientnet_lite":  # image only: a clear refusal, not an empty answer
+        assert response.status_code == 409
+        assert "image-only" in response.json()["detail"] and "CLIP" in response.json()["detail"]
+    else:
+        assert response.status_code == 200
+        results = response.json()["results"]
+        assert len(results) == 3 and all(-1 <= r["score"] <= 1 for r in results)
     for bad in ({"text": ""}, {"text": "   "}, {"text": "x" * 1001}, {"text": "ok", "top_k": 0}, {}):
         assert client.post("/search/text", json=bad).status_code == 422, bad
-

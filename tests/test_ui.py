@@ -177,6 +177,21 @@ def test_status_tab_and_spanish_labels(browser, api):
     page.close()
 
 
+def test_an_image_only_model_hides_the_text_search_and_says_why(browser, efficientnet_env, efficientnet_worker,
+                                                                 tmp_path_factory):
+    server = Api(efficientnet_env, tmp_path_factory.mktemp("logs") / "ui-api-efficientnet.log")
+    try:
+        page = open_page(browser, f"{server.url}/ui/")
+        note = page.wait_for_selector("#px-text-off p")
+        assert "image-only" in note.inner_text() and "EXTRACTOR=efficientnet_lite" in note.inner_text()
+        assert not page.locator("#px-query-text").is_visible()
+        assert not page.locator("#px-search-text").is_visible()
+        assert page.locator("#px-search-image").is_visible()
+        page.close()
+    finally:
+        server.stop()
+
+
 def test_api_down_is_a_readable_message_in_the_page(browser, tmp_path):
     with standalone_ui(f"http://127.0.0.1:{free_port()}", tmp_path / "ui.log") as url:  # nothing listens there
         page = open_page(browser, url)

@@ -116,15 +116,19 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             return
         yield from follow(lang, lambda: service.ingest_folder(path.strip(), recursive))
 
-    def status(request: gr.Request) -> tuple[dict[str, Any], str]:
+    def status(request: gr.Request) -> tuple[dict[str, Any], str, dict[str, Any], dict[str, Any], dict[str, Any]]:
         lang = _lang(request)
         try:
             health = service.status()
-        except Exception as exc:
-            return gr.update(visible=False), _error(lang, exc)
-        random = bool(health.get("model", {}).get("random"))
-        return (gr.update(value=t(lang, "random_warning"), visible=random),
-                _status(lang, health, _flower_link(service.flower_url, request)))
+        except Exception as exc:  # the text box stays as it is
+            return gr.update(visible=False), _error(lang, exc), gr.update(), gr.update(), gr.update()
+        model = health.get("model") or {}
+        text_on = bool((health.get("capabilities") or {}).get("text_search", True))
+        why = "" if text_on else t(lang, "text_search_off", model=f"{model.get('name')}/{model.get('pretrained')}",
+                                   extractor=model.get("extractor", "?"))
+        return (gr.update(value=t(lang, "random_warning"), visible=bool(model.get("random"))),
+                _status(lang, health, _flower_link(service.flower_url, request)),
+                gr.update(visible=text_on), gr.update(visible=text_on), gr.update(value=why, visible=not text_on))
 
     with gr.Blocks(title="Proxima", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(i18n("title"), elem_id="px-title")
@@ -138,6 +142,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 query_text = gr.Textbox(label=i18n("query_text"), placeholder=i18n("query_text_placeholder"),
                                         max_length=MAX_QUERY_CHARS, elem_id="px-query-text")
                 text_btn = gr.Button(i18n("search_text_btn"), elem_id="px-search-text")
+                text_off = gr.Markdown(visible=False, elem_id="px-text-off")  # why there is no text box
                 top_k = gr.Slider(1, MAX_TOP_K, value=default_top_k, step=1, label=i18n("top_k"),
                                   elem_id="px-top-k")
             with gr.Column(scale=3):
@@ -169,8 +174,9 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         # Following a job mostly sleeps between polls: no reason to make one user wait for another's.
         upload_btn.click(upload, [files], [progress, errors], concurrency_limit=None)
         folder_btn.click(ingest, [folder, recursive], [progress, errors], concurrency_limit=None)
-        refresh.click(status, None, [banner, status_md], concurrency_limit=None)
-        demo.load(status, None, [banner, status_md], concurrency_limit=None)
+        shown_by_status = [banner, status_md, query_text, text_btn, text_off]
+        refresh.click(status, None, shown_by_status, concurrency_limit=None)
+        demo.load(status, None, shown_by_status, concurrency_limit=None)
     return demo
 
 
@@ -215,7 +221,8 @@ def _flower_link(flower_url: str, request: gr.Request | None) -> str | None:
 def _status(lang: str, health: dict[str, Any], flower: str | None) -> str:
     unknown = t(lang, "unknown")
     model = health.get("model") or {}
-    model_text = f"{model.get('name', unknown)} / {model.get('pretrained', unknown)} (dim {model.get('dim', '?')})"
+    model_text = (f"{model.get('extractor', unknown)}: {model.get('name', unknown)} / "
+                  f"{model.get('pretrained', unknown)} (dim {model.get('dim', '?')})")
     lines = [
         f"- **{t(lang, 'status_backend')}**: {health.get('backend', unknown)}",
         f"- **{t(lang, 'status_model')}**: {model_text}",

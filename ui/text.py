@@ -31,6 +31,9 @@ TEXTS: dict[str, dict[str, str]] = {
                           "search results are meaningless. Load real weights for real use.",
         "no_query_image": "Add an image first (drop, upload, paste or webcam).",
         "no_query_text": "Type a description first.",
+        "text_search_off": "Search by description is off: this index was built with {model}, an image-only "
+                           "model (EXTRACTOR={extractor}). Text search needs a CLIP model (EXTRACTOR=open_clip) "
+                           "and a new index. Search with an image.",
         "no_files": "Choose one or more images first.",
         "no_folder": "Type the path of a folder on the server first.",
         "no_results": "No indexed images yet: add some on the “Add images” tab.",
@@ -85,6 +88,9 @@ TEXTS: dict[str, dict[str, str]] = {
                           "los resultados no tienen sentido. Carga pesos reales para un uso real.",
         "no_query_image": "Primero añade una imagen (arrastra, sube, pega o usa la cámara).",
         "no_query_text": "Primero escribe una descripción.",
+        "text_search_off": "La búsqueda por descripción no está disponible: este índice se construyó con {model}, "
+                           "un modelo solo de imágenes (EXTRACTOR={extractor}). Buscar por texto requiere un modelo "
+                           "CLIP (EXTRACTOR=open_clip) y un índice nuevo. Busca con una imagen.",
         "no_files": "Primero elige una o más imágenes.",
         "no_folder": "Primero escribe la ruta de una carpeta del servidor.",
         "no_results": "Aún no hay imágenes indexadas: añade algunas en la pestaña «Añadir imágenes».",

@@ -69,10 +69,11 @@ class TextQuery(BaseModel):
         return check_query_text(value)
 
 
-@router.post("/search/text", response_model=SearchResponse, responses=errors(400, 413))
+@router.post("/search/text", response_model=SearchResponse, responses=errors(400, 409, 413))
 async def search_by_text(query: TextQuery, proxima: ProximaDep) -> SearchResponse:
     """Images matching a text, through CLIP's text encoder (same model, same result shape as `/search`).
-    CLIP reads about the first 75 words' tokens; longer texts are refused."""
+    CLIP reads about the first 75 words' tokens; longer texts are refused. `409` when the index was built
+    with an image-only extractor (`/health` → `capabilities.text_search` is false)."""
     started = time.perf_counter()
     hits = await run_in_threadpool(proxima.search_text, query.text, query.top_k)
     return to_response(hits, started)
