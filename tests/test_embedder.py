@@ -89,3 +89,46 @@ def test_random_weights_are_identical_in_every_process(tiny_model):
 def test_bad_model_settings_fail_with_a_fix(name, pretrained, message):
     with pytest.raises(ModelLoadError, match=message):
         load_embedder(settings(model_name=name, model_pretrained=pretrained))
+
+
+@pytest.mark.parametrize(
+    ("name", "pretrained", "message"),
+    [
+        ("ViT-B-32", "", "not an EfficientNet-Lite model .*efficientnet-lite0"),
+        ("efficientnet-lite0", "laion2b_s34b_b79k", "takes 'imagenet'"),
+        ("efficientnet-lite1", "/nowhere/lite1.pth", "checkpoint file not found"),
+    ],
+)
+def test_bad_efficientnet_settings_fail_with_a_fix(name, pretrained, message):
+    with pytest.raises(ModelLoadError, match=message):
+        load_embedder(settings(extractor="efficientnet_lite", model_name=name, model_pretrained=pretrained))
+
+
+def test_a_checkpoint_of_another_network_is_refused(tmp_path):
+    import torch
+
+    checkpoint = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3)}, checkpoint)
+    with pytest.raises(ModelLoadError, match="does not hold efficientnet-lite0 weights"):
+        load_embedder(settings(extractor="efficientnet_lite", model_pretrained=str(checkpoint),
+                               embed_runtime="torch"))
+
+
+def test_image_only_extractor_on_every_runtime(tmp_path):
+    """EfficientNet-Lite0's real weights: the same vectors in torch, OpenVINO and ONNX Runtime (f32), and a
+    clear NotSupported for text."""
+    from scripts.photosets import real_photos
+    from shared.imaging import load_image, to_model_input
+    from shared.types import NotSupported
+
+    pixels = [to_model_input(load_image(p).image, 224) for p in real_photos()[:4]]
+    vectors = {}
+    for runtime in ("torch", "openvino", "onnxruntime"):
+        model = load_embedder(settings(extractor="efficientnet_lite", embed_runtime=runtime, data_dir=tmp_path))
+        assert model.info.label() == "efficientnet_lite:efficientnet-lite0/imagenet" and not model.has_text
+        assert model.precision == "f32"  # auto: no bf16 for this network (its vectors drift to ~0.996)
+        vectors[runtime] = model.encode_images(pixels)
+        with pytest.raises(NotSupported, match="image-only"):
+            model.encode_text(["a cat"])
+    for runtime, found in vectors.items():
+        assert float((found * vectors["torch"]).sum(axis=1).min()) > 0.9999, runtime

@@ -88,7 +88,10 @@ def test_job_round_trips_through_its_json():
 
 
 @pytest.mark.parametrize("info", [ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512),
-                                  ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512, precision="int8")])
+                                  ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512, precision="int8"),
+                                  ModelInfo("efficientnet-lite0", "imagenet", 1280, extractor="efficientnet_lite"),
+                                  ModelInfo("x", "tag:v2", 64, "int8", extractor="efficientnet_lite"),
+                                  ModelInfo("ViT-B-32", "tag:v2", 512)])
 def test_model_identity_round_trips_and_int8_is_another_model(info):
     from shared.backends.base import check_model
 
@@ -99,5 +102,10 @@ def test_model_identity_round_trips_and_int8_is_another_model(info):
     check_model(full, full, index="test")
     with pytest.raises(SchemaMismatch):
         check_model(full, int8, index="test")
+    # another extractor is another model, even with the same name and weights; open_clip's labels are unchanged
+    lite = ModelInfo("ViT-B-32", "laion2b_s34b_b79k", 512, extractor="efficientnet_lite")
+    with pytest.raises(SchemaMismatch):
+        check_model(full, lite, index="test")
+    assert full.label() == "ViT-B-32/laion2b_s34b_b79k" and lite.label().startswith("efficientnet_lite:")
     # identities stored before precision existed read back as the model's own vectors
     assert ModelInfo.from_json('{"name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k", "dim": 512}') == full
