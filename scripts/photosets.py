@@ -7,7 +7,7 @@ Nothing large is committed. Each set is a Debian package fetched with `apt-get d
 folder (`PROXIMA_PHOTO_CACHE`, default `~/.cache/proxima/photosets`) and unpacked there with `dpkg-deb`;
 later calls reuse the cache.
 
-- `real_photos()`: `mate-backgrounds` (46 MB); its `nature/` folder holds 13 photographs of plants,
+- `real_photos()`: `mate-backgrounds` (46 MB); its `nature/` folder holds 12 photographs of plants,
   animals, water, sand and sky, 1920×1200 up to 3840×2400 JPEGs.
 - `labelled_stamps()`: `tuxpaint-stamps-default` (161 MB): Tux Paint's stamps, cut-out photographs on a
   transparent background, filed in folders by subject (animals/birds, food/fruit, plants/flowers, ...). The
