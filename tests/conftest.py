@@ -189,8 +189,8 @@ def _new_database(pg_url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def efficientnet_env(tmp_path_factory, redis_url: str, pg_url: str, tiny_model) -> dict[str, str]:
     """A stack on the real ImageNet weights of EfficientNet-Lite0 (installed with Proxima; image search only):
-    pgvector in a database of its own (another model identity), Redis database 3."""
-    return _stack_env(tmp_path_factory, redis_url, tiny_model, 3, vector_backend="pgvector",
+    pgvector in a database of its own (another model identity), Redis database 4 (3 is test_openapi's)."""
+    return _stack_env(tmp_path_factory, redis_url, tiny_model, 4, vector_backend="pgvector",
                       database_url=_new_database(pg_url, "e2e_efficientnet"), extractor="efficientnet_lite",
                       model_name="", model_pretrained="")
 
