@@ -63,11 +63,12 @@ def pad(image: Image.Image, size: int) -> np.ndarray:
 def imagenet_normalised(settings: Settings) -> Embedder:
     """Lite0 in torch with ImageNet's mean/std instead of the TensorFlow models' (pixel - 127) / 128."""
     from shared.extractors.efficientnet import EfficientNetLite
-    from shared.runtime import TorchTowers
+    from shared.runtime import TorchTowers, cpu_budget
 
     extractor = replace(EfficientNetLite.from_settings(settings), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     image, _ = extractor.towers("cpu", "fp32")
-    return Embedder(TorchTowers(image, None, "cpu", "f32", 2), None, extractor.info, extractor.image_size, "cpu")
+    towers = TorchTowers(image, None, "cpu", "f32", cpu_budget())
+    return Embedder(towers, None, extractor.info, extractor.image_size, "cpu")
 
 
 def speed(model: Embedder, image_size: int) -> float:

@@ -132,6 +132,16 @@ class Postgres:
         return self._server.get_pid()
 
 
+def create_database(url: str, name: str) -> str:
+    """A new, empty database `name` on the server of `url` (an embedded Postgres URL); its URL."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return url.replace("/postgres?", f"/{name}?")
+
+
 def write_tiny_model(directory: Path) -> tuple[Path, Path]:
     """A custom open_clip config and a checkpoint of seeded weights, loaded like real weights are."""
     import open_clip

@@ -12,7 +12,6 @@ rotation is undone as it would be for an upload), `to_model_input`, `Embedder.en
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +19,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from scripts.synthetic import encode
 from shared.imaging import load_image, to_model_input
 
 BATCH = 32
@@ -32,15 +32,7 @@ class ImageEncoder(Protocol):
 
 
 def _jpeg(image: Image.Image, quality: int = 95, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=quality, **options)
-    return out.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    return encode(image, "JPEG", quality=quality, **options)
 
 
 def _centre_crop(image: Image.Image, share: float = 0.88) -> Image.Image:
@@ -62,7 +54,7 @@ TRANSFORMS: dict[str, Callable[[Image.Image], bytes]] = {
     "half_size": lambda im: _jpeg(im.resize((max(1, im.width // 2), max(1, im.height // 2)),
                                             Image.Resampling.LANCZOS)),
     "jpeg_q30": lambda im: _jpeg(im, quality=30),
-    "png": _png,
+    "png": lambda im: encode(im, "PNG"),
     "crop_88": lambda im: _jpeg(_centre_crop(im)),
     "brighter_30": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(1.3)),
     "darker_30": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(0.7)),

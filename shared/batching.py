@@ -65,7 +65,6 @@ class BatchingEmbedder:
         self.runtime = embedder.runtime
         self.precision = embedder.precision
         self.has_text = embedder.has_text
-        self._encode_text = embedder.encode_text
         self._images = _Merger(lambda pixels: embedder.encode_images(list(pixels)), max_batch, "encode-images")
         self._texts = _Merger(embedder.encode_text, max_batch, "encode-texts")
 
@@ -75,6 +74,4 @@ class BatchingEmbedder:
         return self._images.submit(list(pixels))
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        if not self.has_text:
-            return self._encode_text(texts)  # raises NotSupported at once, without a batching round
         return self._texts.submit(list(texts))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,7 +51,7 @@ class Embedder:
         self.device = device  # where the pixels go: "cpu", or the CUDA device torch runs on
         self.runtime = towers.runtime
         self.precision = towers.precision
-        self.has_text = tokenizer is not None and towers.has_text
+        self.has_text = towers.has_text
 
     def describe(self) -> str:
         """E.g. `ViT-B-32/laion2b_s34b_b79k on cpu with openvino (bf16, 2 threads)`."""
@@ -101,7 +102,7 @@ def load_embedder(settings: Settings) -> Embedder:
     precision = choose_precision(settings.embed_precision, runtime, device, cpu_bf16=extractor.cpu_bf16)
     threads = settings.embed_threads or cpu_budget()
     if precision == "int8":
-        info = ModelInfo(info.name, info.pretrained, info.dim, precision="int8", extractor=info.extractor)
+        info = replace(info, precision="int8")
     size = extractor.image_size
     tokenizer = extractor.tokenizer
 

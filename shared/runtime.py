@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from shared.types import ModelLoadError, NotSupported
+from shared.types import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,7 @@ class Towers(Protocol):
         """The image tower on `batch()`'s result → float32 (N, dim)."""
 
     def texts(self, tokens: torch.Tensor) -> np.ndarray:
-        """The text tower on token ids (N, context) → float32 (N, dim)."""
+        """The text tower on token ids (N, context) → float32 (N, dim); only when `has_text` (Embedder checks)."""
 
 
 class TorchTowers:
@@ -155,8 +155,7 @@ class TorchTowers:
     def texts(self, tokens: torch.Tensor) -> np.ndarray:
         import torch
 
-        if self.text is None:
-            raise NotSupported("this model has no text tower")
+        assert self.text is not None, "no text tower: Embedder.encode_text checks has_text first"
         with torch.inference_mode():
             return self.text(tokens.to(self.device)).float().cpu().numpy()
 
@@ -178,8 +177,6 @@ class _ExportedTowers:
         return self._run("image", batch)
 
     def texts(self, tokens: torch.Tensor) -> np.ndarray:
-        if not self.has_text:
-            raise NotSupported("this model has no text tower")
         return self._run("text", np.ascontiguousarray(tokens.cpu().numpy().astype(np.int64)))
 
     def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from scripts.devservices import (
     MANTICORE_HINT,
     Postgres,
     Worker,
+    create_database,
     searchd_from_environment,
     start_manticore,
     start_milvus_lite,
@@ -176,22 +177,12 @@ def client(pg_client):
     return pg_client
 
 
-def _new_database(pg_url: str, name: str) -> str:
-    """The URL of a new, empty database on the session's PostgreSQL."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return pg_url.replace("/postgres?", f"/{name}?")
-
-
 @pytest.fixture(scope="session")
 def efficientnet_env(tmp_path_factory, redis_url: str, pg_url: str, tiny_model) -> dict[str, str]:
     """A stack on the real ImageNet weights of EfficientNet-Lite0 (installed with Proxima; image search only):
     pgvector in a database of its own (another model identity), Redis database 4 (3 is test_openapi's)."""
     return _stack_env(tmp_path_factory, redis_url, tiny_model, 4, vector_backend="pgvector",
-                      database_url=_new_database(pg_url, "e2e_efficientnet"), extractor="efficientnet_lite",
+                      database_url=create_database(pg_url, "e2e_efficientnet"), extractor="efficientnet_lite",
                       model_name="", model_pretrained="")
 
 

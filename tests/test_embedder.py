@@ -78,30 +78,20 @@ def test_random_weights_are_identical_in_every_process(tiny_model):
 
 
 @pytest.mark.parametrize(
-    ("name", "pretrained", "message"),
+    ("extractor", "name", "pretrained", "message"),
     [
-        ("No-Such-Model", "random", "not an open_clip architecture"),
-        ("/nowhere/model.json", "random", "config file not found"),
-        ("ViT-B-32", "/nowhere/weights.pt", "checkpoint file not found"),
-        ("ViT-B-32", "not_a_tag", "not a pretrained tag"),
+        ("open_clip", "No-Such-Model", "random", "not an open_clip architecture"),
+        ("open_clip", "/nowhere/model.json", "random", "config file not found"),
+        ("open_clip", "ViT-B-32", "/nowhere/weights.pt", "checkpoint file not found"),
+        ("open_clip", "ViT-B-32", "not_a_tag", "not a pretrained tag"),
+        ("efficientnet_lite", "ViT-B-32", "", "not an EfficientNet-Lite model .*efficientnet-lite0"),
+        ("efficientnet_lite", "efficientnet-lite0", "laion2b_s34b_b79k", "takes 'imagenet'"),
+        ("efficientnet_lite", "efficientnet-lite1", "/nowhere/lite1.pth", "checkpoint file not found"),
     ],
 )
-def test_bad_model_settings_fail_with_a_fix(name, pretrained, message):
+def test_bad_model_settings_fail_with_a_fix(extractor, name, pretrained, message):
     with pytest.raises(ModelLoadError, match=message):
-        load_embedder(settings(model_name=name, model_pretrained=pretrained))
-
-
-@pytest.mark.parametrize(
-    ("name", "pretrained", "message"),
-    [
-        ("ViT-B-32", "", "not an EfficientNet-Lite model .*efficientnet-lite0"),
-        ("efficientnet-lite0", "laion2b_s34b_b79k", "takes 'imagenet'"),
-        ("efficientnet-lite1", "/nowhere/lite1.pth", "checkpoint file not found"),
-    ],
-)
-def test_bad_efficientnet_settings_fail_with_a_fix(name, pretrained, message):
-    with pytest.raises(ModelLoadError, match=message):
-        load_embedder(settings(extractor="efficientnet_lite", model_name=name, model_pretrained=pretrained))
+        load_embedder(settings(extractor=extractor, model_name=name, model_pretrained=pretrained))
 
 
 def test_a_checkpoint_of_another_network_is_refused(tmp_path):

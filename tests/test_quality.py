@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scripts import quality
-from scripts.bench_quality import build_sets
+from scripts.bench_quality import build_sets, measure
 from shared.config import Settings
 from shared.embedder import load_embedder
 
@@ -26,12 +26,8 @@ def lite0(tmp_path_factory, pretrained: str):
 def measured(sets, tmp_path_factory):
     out = {}
     for pretrained in ("imagenet", "random"):
-        model = lite0(tmp_path_factory, pretrained)
-        stamps = quality.embed(model, sets["stamp_images"])
-        index = np.concatenate([quality.embed(model, sets["photos"]), stamps])
-        recall = {group: quality.near_duplicate_recall(model, index, sets[f"copies_{group}"], sets[f"queried_{group}"])
-                  for group in ("photos", "stamps")}
-        out[pretrained] = {"p@5": quality.precision_at_k(stamps, sets["labels"], 5), "recall": recall}
+        row = measure(pretrained, lite0(tmp_path_factory, pretrained), sets)
+        out[pretrained] = {"p@5": row["p@5"], "recall": {g: row[f"recall_{g}"] for g in ("photos", "stamps")}}
     out["histogram"] = {"p@5": quality.precision_at_k(quality.colour_histograms(sets["stamp_images"]),
                                                       sets["labels"], 5)}
     print({k: v["p@5"] for k, v in out.items()}, out["imagenet"]["recall"], out["random"]["recall"])

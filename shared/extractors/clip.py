@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,6 @@ class OpenClip:
     tokenizer: Any
     config_path: Path  # a custom architecture's .json, else the bare name
     models_dir: Path  # where pretrained tags are downloaded
-    config: dict[str, Any] = field(repr=False)
     cpu_bf16: bool = True  # ViT-B-32 in bf16: cosine >= 0.9999 to f32 on real photos and texts
 
     @classmethod
@@ -60,7 +59,7 @@ class OpenClip:
         return cls(info=ModelInfo(name=name, pretrained=pretrained, dim=int(config["embed_dim"])),
                    image_size=int(size if isinstance(size, int) else size[0]),
                    tokenizer=open_clip.get_tokenizer(name), config_path=config_path,
-                   models_dir=settings.models_dir, config=config)
+                   models_dir=settings.models_dir)
 
     def cache_key(self) -> dict[str, Any]:
         import open_clip

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from scripts.devservices import create_database
 from shared.backends import VectorBackend
 
 BACKENDS = ["pgvector", "pgvector_halfvec", "milvus", "manticore"]
@@ -54,9 +55,7 @@ class Factory:
 def fresh_pg_url(pg_url: str) -> Iterator[str]:
     """A new, empty database on the session's PostgreSQL."""
     name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    yield pg_url.replace("/postgres?", f"/{name}?")
+    yield create_database(pg_url, name)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
 
