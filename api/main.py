@@ -18,6 +18,7 @@ from fastapi.responses import RedirectResponse
 from api import errors
 from api.limits import BodySizeLimit
 from api.routes import admin, health, images, ingest, jobs, search
+from api.routes import collections as albums
 from api.security import key_matches
 from shared.batching import BatchingEmbedder
 from shared.config import Settings, get_settings
@@ -47,9 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, exempt=(f"{UI_PATH}/",))
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["X-API-Key", "Content-Type"])
-    for module in (images, search, ingest, jobs, admin, health):
+    for module in (images, search, albums, ingest, jobs, admin, health):
         app.include_router(module.router)
     app.add_api_route("/", lambda: RedirectResponse(f"{UI_PATH}/"), include_in_schema=False)
     errors.install(app)

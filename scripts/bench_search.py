@@ -8,6 +8,11 @@ top-10 latency p50/p99 over the queries one at a time, queries per second with `
 clients, and recall@10 against exact search. The last line is JSON: {"vectors", "dim", "backend",
 "load_s", "index_s", "p50_ms", "p99_ms", "qps", "recall_at_10", "params"}.
 
+Filtered search: `--filter-selectivity 0.01,0.1,0.5` puts each vector into the collection `sel-S` with
+probability S (independently of where the vector lies: the hard case for a filter inside an ANN search), then
+measures p50/p99 and recall@10 against exact filtered search for `collection = sel-S` at each S, and the time
+of a filter that matches nothing; they are added to the JSON as "filtered": {S: {...}} and "no_match_ms".
+
 pgvector runs on a private embedded PostgreSQL unless `--database-url` is given; milvus on a private
 Milvus Lite server unless `--milvus-uri`; manticore on a private searchd (MANTICORE_SEARCHD, MANTICORE_TARBALL
 or PATH, as in `make test`) unless `--manticore-url`, merged into `--chunks` disk chunks after loading.
@@ -38,6 +43,7 @@ from scripts.devservices import (  # noqa: E402
 )
 from scripts.synthetic import clustered  # noqa: E402
 from shared.backends import ImageRecord, VectorBackend  # noqa: E402
+from shared.filters import SearchFilter  # noqa: E402
 from shared.types import ModelInfo  # noqa: E402
 
 K = 10
@@ -79,9 +85,47 @@ def exact_top_k(data: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray
     return best
 
 
-def record(i: int) -> ImageRecord:
+def record(i: int, collections: tuple[str, ...] = ()) -> ImageRecord:
     return ImageRecord(id=f"{i:064x}", filename=f"{i}.jpg", size_bytes=0, format="JPEG", width=0, height=0,
-                       model="bench/random", created_at=_CREATED)
+                       model="bench/random", created_at=_CREATED, collections=collections)
+
+
+def selection(n: int, seed: int) -> np.ndarray:
+    """One uniform draw per vector: vector i is in `sel-S` when draw[i] < S (nested sets, one per S)."""
+    return np.random.default_rng(seed + 7).random(n)
+
+
+def collections_of(draw: float, selectivities: list[float]) -> tuple[str, ...]:
+    return tuple(f"sel-{s:g}" for s in selectivities if draw < s)
+
+
+def measure_filtered(backend: VectorBackend, data: np.ndarray, queries: np.ndarray, draws: np.ndarray,
+                     selectivities: list[float]) -> tuple[dict[str, dict], float]:
+    """{S: {p50_ms, p99_ms, recall_at_10, matching}} per selectivity, and the median time of a search whose
+    filter matches nothing."""
+    out = {}
+    for s in selectivities:
+        where = SearchFilter(collections=(f"sel-{s:g}",))
+        keep = np.flatnonzero(draws < s)
+        truth = exact_top_k(data[keep], queries)
+        latencies, recalls = [], []
+        for q, t in zip(queries, truth, strict=True):
+            started = time.perf_counter()
+            hits = backend.search(q, K, where=where)
+            latencies.append((time.perf_counter() - started) * 1000)
+            expected = {int(keep[j]) for j in t.tolist()}
+            recalls.append(len(expected & {int(h.id, 16) for h in hits}) / K)
+        out[f"{s:g}"] = {"matching": int(len(keep)), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                         "recall_at_10": round(float(np.mean(recalls)), 4)}
+        print(f"selectivity {s:g}: {out[f'{s:g}']}", file=sys.stderr)
+    nothing = SearchFilter(collections=("no such collection",))
+    times = []
+    for q in queries[:50]:
+        started = time.perf_counter()
+        assert backend.search(q, K, where=nothing) == []
+        times.append((time.perf_counter() - started) * 1000)
+    return out, round(float(np.median(times)), 2)
 
 
 def open_backend(args: argparse.Namespace, work: Path, cleanups: list) -> tuple[VectorBackend, dict]:
@@ -134,14 +178,15 @@ def open_backend(args: argparse.Namespace, work: Path, cleanups: list) -> tuple[
 
 
 def load_and_index(backend: VectorBackend, data: np.ndarray, queries: np.ndarray,
-                   args: argparse.Namespace) -> tuple[float, float]:
+                   args: argparse.Namespace, draws: np.ndarray) -> tuple[float, float]:
     n = len(data)
     if hasattr(backend, "drop_index"):
         backend.drop_index()  # bulk load first, then build the index once
     started = time.perf_counter()
     batch = 10_000
     for i in tqdm(range(0, n, batch), desc="load", unit_scale=batch, disable=not sys.stderr.isatty()):
-        backend.upsert([record(j) for j in range(i, min(n, i + batch))], data[i:i + batch])
+        backend.upsert([record(j, collections_of(draws[j], args.filter_selectivity))
+                        for j in range(i, min(n, i + batch))], data[i:i + batch])
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     if hasattr(backend, "create_index"):
@@ -166,6 +211,13 @@ def settle_manticore(backend, chunks: int) -> None:
         time.sleep(2)
         quiet = quiet + 1 if backend.table_status().get("optimizing", "0") == "0" else 0
     print(f"manticore: {backend.table_status().get('disk_chunks')} disk chunks", file=sys.stderr)
+
+
+def selectivities(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError("shares between 0 and 1, comma-separated, e.g. 0.01,0.1,0.5")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url")
     p.add_argument("--milvus-uri")
     p.add_argument("--manticore-url")
+    p.add_argument("--filter-selectivity", type=selectivities, default=[],
+                   help="also measure filtered search keeping these shares of the vectors, e.g. 0.01,0.1,0.5")
     args = p.parse_args(argv)
 
     data, queries = load_vectors(args)
     n, dim = data.shape
+    draws = selection(n, args.seed)
+    filtered: dict[str, dict] = {}
+    no_match_ms = None
     print(f"{n:,} vectors × {dim}, {len(queries)} queries", file=sys.stderr)
     cleanups: list = []
     with tempfile.TemporaryDirectory(prefix="proxima-bench-search-") as tmp:
@@ -213,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.workdir and backend.count() == n:
                 print("reusing the loaded and indexed data in --workdir", file=sys.stderr)
             else:
-                load_s, index_s = load_and_index(backend, data, queries, args)
+                load_s, index_s = load_and_index(backend, data, queries, args, draws)
 
             for q in warm_queries(data, args.warmup, args.seed):  # a service that has been running a while
                 backend.search(q, K)
@@ -243,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             for t in threads:
                 t.join()
             qps = sum(done) / (time.perf_counter() - started)
+            if args.filter_selectivity:
+                filtered, no_match_ms = measure_filtered(backend, data, queries, draws, args.filter_selectivity)
             backend.close()
         finally:
             for cleanup in reversed(cleanups):
@@ -252,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
               "p50_ms": round(float(np.percentile(latencies, 50)), 2),
               "p99_ms": round(float(np.percentile(latencies, 99)), 2), "qps": round(qps, 1),
               "recall_at_10": round(recall, 4), "params": params}
+    if args.filter_selectivity:
+        result.update(filtered=filtered, no_match_ms=no_match_ms)
     print(json.dumps(result))
     return 0
 

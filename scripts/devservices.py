@@ -1,5 +1,5 @@
-"""Real services started on this machine: redis-server, PostgreSQL + pgvector, Milvus Lite, Celery workers,
-the API, and a tiny open_clip model.
+"""Real services started on this machine: redis-server, PostgreSQL + pgvector, Milvus Lite (and a Milvus
+server for the tests), Celery workers, the API, and a tiny open_clip model.
 
 Tests and benchmarks start throw-away ones (a free loopback port, data in a directory you give, `stop()`);
 `make up` (scripts/up.py) starts its long-lived ones with the same functions. Every project process
@@ -252,6 +252,87 @@ def start_milvus_lite(data_dir: Path, port: int | None = None, *,
 
     wait_for(listening, timeout=60, what="milvus-lite server")
     return proc, f"http://127.0.0.1:{port}"
+
+
+_MILVUS_SERVER_PORTS = ("proxy", "proxy-internal", "root-coord", "query-coord", "query-node", "index-coord",
+                        "index-node", "data-coord", "data-node", "etcd")
+
+
+def start_milvus_server(data_dir: Path, port: int | None = None, *,
+                        timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """A real Milvus standalone server (the `milvus` PyPI package's `milvus-server`: Milvus 2.3 with embedded
+    etcd, data and logs in `data_dir`). Every port it binds is a free one, the embedded etcd's too (through
+    an etcd config file; its defaults 2379/2380 would clash with a second server). The wrapper starts the
+    real server as its child, so it runs in a session of its own: stop it with `stop_group`."""
+    from pymilvus import MilvusClient
+
+    exe = Path(sys.executable).with_name("milvus-server")
+    if not exe.exists():
+        raise RuntimeError("milvus-server is not installed: `make venv` installs it (the `milvus` package)")
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    args = [str(exe), "--data", str(data_dir), "--proxy-port", str(port)]
+    for name in _MILVUS_SERVER_PORTS[1:]:
+        args += [f"--{name}-port", str(free_port())]
+    etcd_client, etcd_peer = free_port(), free_port()
+    etcd_config = data_dir / "embed-etcd.yaml"
+    etcd_config.write_text(
+        f"listen-client-urls: http://127.0.0.1:{etcd_client}\n"
+        f"advertise-client-urls: http://127.0.0.1:{etcd_client}\n"
+        f"listen-peer-urls: http://127.0.0.1:{etcd_peer}\n"
+        f"initial-advertise-peer-urls: http://127.0.0.1:{etcd_peer}\n"
+        f"initial-cluster: default=http://127.0.0.1:{etcd_peer}\n"
+    )
+    out = (data_dir / "milvus-server.out").open("ab")
+    proc = subprocess.Popen(args, cwd=data_dir, env=child_env(ETCD_CONFIG_PATH=str(etcd_config)), stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    out.close()
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            tail = (data_dir / "milvus-server.out").read_text(errors="replace")[-2000:]
+            raise GaveUp(f"milvus-server exited with {proc.returncode}:\n{tail}")
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+        client = MilvusClient(url, timeout=5)
+        try:
+            client.list_collections()
+        finally:
+            client.close()
+        return True
+
+    try:
+        wait_for(answers, timeout=timeout, what="milvus-server", interval=0.5)
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc, url
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with `start_new_session` and everything in its process group (SIGTERM, then
+    SIGKILL after `timeout` s)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            proc.poll()
+            time.sleep(0.2)
+        else:
+            continue
+        break
+    proc.wait()
 
 
 # --- Manticore Search -------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def run_local(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         stats = None
         try:
             stats = proxima.ingest_folder(folder, job_id, recursive=args.recursive, batch_size=args.batch_size,
-                                          on_progress=lambda s: progress.show(seen=s.seen, job=proxima.job(job_id)))
+                                          on_progress=lambda s: progress.show(seen=s.seen, job=proxima.job(job_id)),
+                                          collection=args.collection)
             job = wait(lambda: proxima.job(job_id), args, progress, seen=stats.seen)
             interrupted = False
         except KeyboardInterrupt:
@@ -105,7 +106,8 @@ def run_remote(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         nonlocal queued, uploaded, batch_bytes
         while (api.health().get("queue_depth") or 0) > args.max_queued:
             time.sleep(0.5)
-        _, accepted = api.accept([Upload(Path(f.path).name, Path(f.path).read_bytes()) for f in batch], job_id)
+        _, accepted = api.accept([Upload(Path(f.path).name, Path(f.path).read_bytes()) for f in batch], job_id,
+                                 collection=args.collection)
         manifest.record([(f, a.id) for f, a in zip(batch, accepted, strict=True) if a.id is not None])
         queued += sum(a.status == "queued" for a in accepted)
         uploaded += len(batch)
@@ -120,7 +122,9 @@ def run_remote(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 if ref.size == 0:
                     reasons["empty file (0 bytes)"] += 1
                     continue
-                if manifest.lookup([ref])[0]:
+                # With --collection, files uploaded before are sent again: the server adds them to the
+                # collection (without embedding them again).
+                if not args.collection and manifest.lookup([ref])[0]:
                     dup_local += 1
                     continue
                 with open(ref.path, "rb") as fh:
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="folder to index")
     parser.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
+    parser.add_argument("--collection", help="put the images into this collection (created if new)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: BATCH_SIZE)")
     parser.add_argument("--api", help="upload to this API instead (the workers cannot read PATH)")
     parser.add_argument("--api-key", default=os.environ.get("PROXIMA_API_KEY", ""),

@@ -47,9 +47,11 @@ class ApiClient:
     def open_job(self, label: str) -> str:
         return str(self.call("POST", "/jobs", json={"label": label})["job_id"])
 
-    def accept(self, uploads: Sequence[Upload], job_id: str | None = None) -> tuple[str, list[Accepted]]:
+    def accept(self, uploads: Sequence[Upload], job_id: str | None = None,
+               collection: str | None = None) -> tuple[str, list[Accepted]]:
         files = [("files", (u.filename, u.data)) for u in uploads]
-        body = self.call("POST", "/images", files=files, data={"job_id": job_id} if job_id else {})
+        data = {k: v for k, v in (("job_id", job_id), ("collection", collection)) if v}
+        body = self.call("POST", "/images", files=files, data=data)
         return body["job_id"], [Accepted(**image) for image in body["images"]]
 
     def seal_job(self, job_id: str, counts: ClientCounts | None = None) -> Job:
@@ -63,14 +65,20 @@ class ApiClient:
     def health(self) -> dict[str, Any]:
         return dict(self.call("GET", "/health"))
 
-    def ingest(self, path: str, recursive: bool) -> str:
-        return str(self.call("POST", "/ingest", json={"path": path, "recursive": recursive})["job_id"])
+    def ingest(self, path: str, recursive: bool, collection: str | None = None) -> str:
+        body = {"path": path, "recursive": recursive, **({"collection": collection} if collection else {})}
+        return str(self.call("POST", "/ingest", json=body)["job_id"])
 
-    def search_image(self, data: bytes, k: int) -> dict[str, Any]:
-        return dict(self.call("POST", "/search", files={"file": ("query", data)}, data={"top_k": k}))
+    # Searches take the API's filter fields as a dict (`{"collection": ["Trip"], "offset": 10}`).
 
-    def search_text(self, text: str, k: int) -> dict[str, Any]:
-        return dict(self.call("POST", "/search/text", json={"text": text, "top_k": k}))
+    def search_image(self, data: bytes, k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(self.call("POST", "/search", files={"file": ("query", data)}, data={**(filters or {}), "top_k": k}))
 
-    def similar(self, image_id: str, k: int) -> dict[str, Any]:
-        return dict(self.call("GET", f"/images/{image_id}/similar", params={"top_k": k}))
+    def search_text(self, text: str, k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(self.call("POST", "/search/text", json={**(filters or {}), "text": text, "top_k": k}))
+
+    def similar(self, image_id: str, k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(self.call("GET", f"/images/{image_id}/similar", params={**(filters or {}), "top_k": k}))
+
+    def collections(self) -> list[dict[str, Any]]:
+        return list(self.call("GET", "/collections")["collections"])

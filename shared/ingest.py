@@ -33,7 +33,7 @@ from shared.embedder import Embedder
 from shared.imagestore import ImageStore
 from shared.imaging import describe_non_image, sniff
 from shared.jobs import JobStore
-from shared.pipeline import Enqueue, Pending, embed_pending, indexed_ids
+from shared.pipeline import Enqueue, Pending, add_to_collections, embed_pending, indexed_ids
 from shared.types import BatchResult, FileError, PathNotAllowed, StageTimes
 
 _CHUNK = 512  # files looked up in the manifest (and backend) per round trip
@@ -45,8 +45,26 @@ class FileRef:
     size: int
     mtime_ns: int
 
-    def as_item(self) -> dict:
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+    def as_item(self, base: str = "", collections: Sequence[str] = ()) -> dict:
+        """The queue item of this file: with its path relative to `base` (kept as metadata) and the
+        collections its images go into."""
+        item: dict = {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+        if base:
+            item["rel"] = os.path.relpath(self.path, base)
+        if collections:
+            item["collections"] = list(collections)
+        return item
+
+
+def ingest_base(folder: Path, roots: Sequence[Path] | None) -> Path:
+    """What stored paths are relative to: the allowed root holding `folder` (so two ingests under one root
+    agree on paths), else the folder itself."""
+    real = Path(os.path.realpath(folder))
+    for root in roots or ():
+        real_root = Path(os.path.realpath(root))
+        if real == real_root or real_root in real.parents:
+            return real_root
+    return real
 
 
 def resolve_under(path: str | Path, roots: Sequence[Path]) -> Path:
@@ -204,8 +222,11 @@ def walk_folder(
     roots: Sequence[Path] | None = None,
     on_progress: Callable[[WalkStats], None] = lambda stats: None,
     stop: threading.Event | None = None,
+    collections: Sequence[str] = (),
 ) -> WalkStats:
     """Walk `root`, queue its new images as path batches of job `job_id`, and seal the job at the end.
+    Each image keeps its path relative to `ingest_base(root, roots)` and goes into `collections` (images
+    indexed by an earlier run are added to them here, without being queued).
 
     The job is sealed even when the walk is stopped or fails, so it completes with what was queued; a later
     run picks up the rest.
@@ -215,6 +236,7 @@ def walk_folder(
     batch: list[dict] = []
     pending: list[FileRef] = []
     batch_no = 0
+    base = str(ingest_base(root, roots))
 
     def skip(reason: str) -> None:
         stats.skipped += 1
@@ -250,6 +272,7 @@ def walk_folder(
     def flush_pending() -> None:
         known = manifest.lookup(pending)
         still_indexed = indexed_ids(backend, [i for i in known if i])
+        add_to_collections(backend, sorted(still_indexed), collections)
         for ref, image_id in zip(pending, known, strict=True):
             if image_id and image_id in still_indexed:
                 stats.duplicates += 1
@@ -263,7 +286,7 @@ def walk_folder(
             if sniff(head) is None:
                 skip("not an image: " + describe_non_image(head))
                 continue
-            batch.append(ref.as_item())
+            batch.append(ref.as_item(base, collections))
             if len(batch) >= batch_size:
                 send(batch.copy())
                 batch.clear()
@@ -311,6 +334,7 @@ def ingest_files(
     A file that cannot be read or decoded fails alone. BackendUnavailable propagates (retry the batch).
     """
     refs = [FileRef(item["path"], int(item["size"]), int(item["mtime_ns"])) for item in items]
+    extra = {item["path"]: (str(item.get("rel", "")), tuple(item.get("collections", ()))) for item in items}
 
     times = times or StageTimes()
 
@@ -332,6 +356,9 @@ def ingest_files(
     errors = [r for r in read_results if isinstance(r, FileError)]
     files = [r for r in read_results if not isinstance(r, FileError)]
     indexed = set(backend.get(list({image_id for _, image_id, _ in files})))
+    # files already indexed under any name join the job's collections (every item of a job names the same)
+    add_to_collections(backend, sorted({i for _, i, _ in files if i in indexed}),
+                       tuple(dict.fromkeys(c for item in items for c in item.get("collections", ()))))
 
     pending: dict[str, Pending] = {}
     owners: dict[str, list[FileRef]] = {}  # every file with the same content as a pending image
@@ -342,7 +369,9 @@ def ingest_files(
         elif image_id in pending:
             owners[image_id].append(ref)
         else:
-            pending[image_id] = Pending(image_id, os.path.basename(ref.path), data, len(data))
+            rel, collections = extra[ref.path]
+            pending[image_id] = Pending(image_id, os.path.basename(ref.path), data, len(data), path=rel,
+                                        collections=collections)
             owners[image_id] = [ref]
 
     embedded, failed = embed_pending(list(pending.values()), backend=backend, embedder=embedder, decoder=decoder,

@@ -11,19 +11,25 @@ import logging
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from shared.backends import Hit, ImageRecord, VectorBackend
 from shared.decode import Decoder
 from shared.embedder import Embedder
+from shared.filters import MAX_DEPTH, NO_FILTER, SearchFilter
 from shared.imagestore import ImageStore
 from shared.imaging import load_image, probe, to_model_input
 from shared.jobs import JobStore
+from shared.metadata import read_metadata
 from shared.types import (
     Accepted,
     BackendUnavailable,
+    BadInput,
     BatchResult,
     Encoder,
     FileError,
@@ -61,12 +67,14 @@ def accept_uploads(
     batch_size: int,
     max_pixels: int,
     job_id: str | None = None,
+    collections: Sequence[str] = (),
 ) -> tuple[str, list[Accepted]]:
     """Store each valid upload content-addressed and queue the new ones for embedding in batches.
 
     A file that is not an image is rejected without affecting the others. Bytes already stored and
     already indexed (or repeated within this request) are reported as duplicates and not re-embedded.
     The uploads form a new job, or are added to the open job `job_id` (a client-side folder ingest).
+    With `collections`, every accepted image lands in them (duplicates included: they are added at once).
     Returns the job id and one entry per upload, in order.
     """
     uploads = list(uploads)
@@ -95,11 +103,14 @@ def accept_uploads(
         results.append(Accepted(image_id, filename, "queued"))
 
     indexed = indexed_ids(backend, existing)
+    if collections and indexed:
+        add_to_collections(backend, sorted(indexed), collections)
     results = [
         Accepted(r.id, r.filename, "duplicate") if r.status == "queued" and r.id in indexed else r
         for r in results
     ]
-    queued = [{"id": r.id, "filename": r.filename} for r in results if r.status == "queued"]
+    extra = {"collections": list(collections)} if collections else {}
+    queued = [{"id": r.id, "filename": r.filename, **extra} for r in results if r.status == "queued"]
     request_key = uuid.uuid4().hex[:12]  # batch keys stay unique when several requests share a job
     skipped = [r for r in results if r.status != "queued"]
     if skipped:  # duplicates count as done, rejections as failed, right away
@@ -134,6 +145,21 @@ class Pending:
     filename: str
     source: bytes | Path  # its bytes if already in memory, else its stored path
     size_bytes: int
+    path: str = ""  # folder ingests: relative to the ingest root
+    collections: tuple[str, ...] = ()
+
+
+def add_to_collections(backend: VectorBackend, ids: Sequence[str], collections: Sequence[str]) -> int:
+    """Put indexed images into collections (an image uploaded again into another album); returns how many
+    of the ids are indexed."""
+    if not collections or not ids:
+        return 0
+    stored = backend.get(list(ids))
+    changes: dict[str, tuple[Sequence[str], Sequence[str]]] = {
+        image_id: (list(dict.fromkeys([*rec.collections, *collections])), list(rec.tags))
+        for image_id, rec in stored.items() if not set(collections) <= set(rec.collections)}
+    backend.set_labels(changes)
+    return len(stored)
 
 
 def embed_batch(
@@ -145,7 +171,8 @@ def embed_batch(
     decoder: Decoder,
     times: StageTimes | None = None,
 ) -> BatchResult:
-    """Embed a batch of stored uploads ({"id", "filename"} items) and upsert it in one backend call.
+    """Embed a batch of stored uploads ({"id", "filename"[, "collections"]} items) and upsert it in one
+    backend call.
 
     An image that cannot be read fails alone (and its file is removed from the store, since it can never
     be indexed). BackendUnavailable propagates so the caller can retry the whole batch later.
@@ -154,7 +181,8 @@ def embed_batch(
     for item in items:
         path = images.path(item["id"])
         try:
-            pending.append(Pending(item["id"], item["filename"], path, path.stat().st_size))
+            pending.append(Pending(item["id"], item["filename"], path, path.stat().st_size,
+                                   collections=tuple(item.get("collections", ()))))
         except FileNotFoundError:
             errors.append(FileError(item["id"], item["filename"], "image file missing from the store"))
     done, failed = embed_pending(pending, backend=backend, embedder=embedder, decoder=decoder, times=times)
@@ -169,29 +197,84 @@ def embed_pending(
     pending: Sequence[Pending], *, backend: VectorBackend, embedder: Embedder, decoder: Decoder,
     times: StageTimes | None = None,
 ) -> tuple[int, dict[str, str]]:
-    """Decode the batch (CPU pool and/or GPU, see shared/decode.py), embed it in one model call, upsert it
-    in one backend call. Returns how many were embedded and {id: why} for those that could not be decoded.
+    """Decode the batch (CPU pool and/or GPU, see shared/decode.py) and read each file's EXIF metadata,
+    embed it in one model call, upsert it in one backend call. Returns how many were embedded and
+    {id: why} for those that could not be decoded.
     """
     times = times or StageTimes()
     decoded, failed = decoder.decode([(p.id, p.source) for p in pending], times)
     good = [p for p in pending if p.id in decoded]
     if good:
+        with times.timing("read"):
+            found = list(decoder.pool.map(read_metadata, [p.source for p in good]))
         vectors = embedder.encode_images([decoded[p.id].pixels for p in good], times)
+        label = embedder.info.label()
         records = [ImageRecord(id=p.id, filename=p.filename, size_bytes=p.size_bytes, format=decoded[p.id].format,
-                               width=decoded[p.id].width, height=decoded[p.id].height, model=embedder.info.label())
-                   for p in good]
+                               width=decoded[p.id].width, height=decoded[p.id].height, model=label,
+                               captured_at=meta.captured_at, camera_make=meta.camera_make,
+                               camera_model=meta.camera_model, latitude=meta.latitude, longitude=meta.longitude,
+                               orientation=meta.orientation, path=p.path, collections=p.collections)
+                   for p, meta in zip(good, found, strict=True)]
         with times.timing("upsert"):
             backend.upsert(records, vectors)
     return len(good), failed
 
 
-def search_image(
-    data: bytes, k: int, *, embedder: Encoder, backend: VectorBackend, max_pixels: int
-) -> list[Hit]:
-    """The k indexed images most similar to `data`. Raises ImageError if it is not a decodable image."""
+@dataclass(frozen=True)
+class Page:
+    """Which results of a search: `top_k` of them after skipping `offset` (offset + top_k ≤ MAX_DEPTH),
+    among the images matching `where`, none scoring below `min_score`. Results are ordered by score, then
+    id, so the pages of one query follow each other without gaps or repeats while the index is unchanged."""
+
+    top_k: int = 10
+    offset: int = 0
+    where: SearchFilter = NO_FILTER
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.offset < 0:
+            raise BadInput("top_k is at least 1 and offset at least 0")
+        if self.offset + self.top_k > MAX_DEPTH:
+            raise BadInput(f"offset + top_k is at most {MAX_DEPTH} (results are paged that deep); narrow the "
+                           "search with filters or min_score instead")
+        if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
+            raise BadInput("min_score is a cosine similarity, between -1 and 1")
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any], *, top_k: int = 10, offset: int = 0) -> Page:
+        """The page the API's filter fields ask for (`api.routes.search.Filters`: `format`, `camera`,
+        `collection`, `tag`, `any_tag`, `min_score`, ...); BadInput naming the field for a bad value."""
+        where = SearchFilter.build(
+            captured_from=fields.get("captured_from"), captured_to=fields.get("captured_to"),
+            ingested_from=fields.get("ingested_from"), ingested_to=fields.get("ingested_to"),
+            formats=fields.get("format"), min_width=fields.get("min_width"), min_height=fields.get("min_height"),
+            cameras=fields.get("camera"), has_gps=fields.get("has_gps"), bbox=fields.get("bbox"),
+            collections=fields.get("collection"), tags_all=fields.get("tag"), tags_any=fields.get("any_tag"),
+            path_prefix=fields.get("path_prefix"))
+        return cls(top_k=top_k, offset=offset, where=where, min_score=fields.get("min_score"))
+
+    def next_offset(self, found: int) -> int | None:
+        """The offset of the next page after this one returned `found` results: None when it was not full
+        (no more), or when another page would go deeper than MAX_DEPTH."""
+        more = found == self.top_k and self.offset + 2 * self.top_k <= MAX_DEPTH
+        return self.offset + self.top_k if more else None
+
+    def run(self, backend: VectorBackend, vector: np.ndarray, exclude: Sequence[str] = ()) -> list[Hit]:
+        where = None if self.where.is_empty() else self.where
+        hits = backend.search(vector, self.offset + self.top_k, exclude=exclude, where=where)[self.offset:]
+        if self.min_score is not None:
+            hits = [h for h in hits if h.score >= self.min_score]
+        return hits
+
+
+FIRST_PAGE = Page()
+
+
+def search_image(data: bytes, page: Page, *, embedder: Encoder, backend: VectorBackend, max_pixels: int) -> list[Hit]:
+    """The indexed images most similar to `data`. Raises ImageError if it is not a decodable image."""
     loaded = load_image(data, min_side=embedder.image_size, max_pixels=max_pixels)
     vector = embedder.encode_images([to_model_input(loaded.image, embedder.image_size)])[0]
-    return backend.search(vector, k)
+    return page.run(backend, vector)
 
 
 def check_query_text(text: str) -> str:
@@ -204,18 +287,18 @@ def check_query_text(text: str) -> str:
     return text
 
 
-def search_text(text: str, k: int, *, embedder: Encoder, backend: VectorBackend) -> list[Hit]:
-    """The k indexed images that best match a text description (QueryError if empty or too long)."""
-    return backend.search(embedder.encode_text([check_query_text(text)])[0], k)
+def search_text(text: str, page: Page, *, embedder: Encoder, backend: VectorBackend) -> list[Hit]:
+    """The indexed images that best match a text description (QueryError if empty or too long)."""
+    return page.run(backend, embedder.encode_text([check_query_text(text)])[0])
 
 
-def search_similar(image_id: str, k: int, *, backend: VectorBackend) -> list[Hit] | None:
-    """The k images most like an indexed one, from its stored vector (no re-embedding), itself excluded.
+def search_similar(image_id: str, page: Page, *, backend: VectorBackend) -> list[Hit] | None:
+    """The images most like an indexed one, from its stored vector (no re-embedding), itself excluded.
     None if the id is not indexed."""
     vector = backend.get_vectors([image_id]).get(image_id)
     if vector is None:
         return None
-    return backend.search(vector, k, exclude=[image_id])
+    return page.run(backend, vector, exclude=[image_id])
 
 
 def delete_image(image_id: str, *, images: ImageStore, backend: VectorBackend) -> bool:

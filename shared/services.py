@@ -22,17 +22,21 @@ from typing import Any, Protocol
 import redis
 
 from shared import pipeline
-from shared.backends import Hit, VectorBackend, make_backend
+from shared.backends import Hit, ImageRecord, VectorBackend, make_backend
 from shared.config import Settings
+from shared.filters import MAX_LABELS, SearchFilter, label, labels
 from shared.imagestore import ImageStore, is_image_id
 from shared.ingest import RedisManifest, WalkStats, resolve_under, walk_folder
 from shared.jobs import JobStore
+from shared.labels import Collection, CollectionRegistry
+from shared.pipeline import FIRST_PAGE, Page
 from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE_REPORT_KEY, TaskQueue
 from shared.reconcile import ReconcileReport, reconcile
 from shared.types import (
     Accepted,
     BackendError,
     BackendUnavailable,
+    BadInput,
     ClientCounts,
     Encoder,
     Forbidden,
@@ -64,6 +68,7 @@ class Proxima:
     manifest: RedisManifest
     queue: TaskQueue
     redis: redis.Redis
+    collections: CollectionRegistry
     encoder: Encoder | None = None  # the model, for searches (and, in a worker, for embedding)
     walks: dict[str, threading.Event] = field(default_factory=dict)  # folder walks running here → stop flag
 
@@ -72,7 +77,8 @@ class Proxima:
         client = connect_redis(settings)
         return cls(settings=settings, images=ImageStore(settings.images_dir), backend=make_backend(settings),
                    jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400), manifest=RedisManifest(client),
-                   queue=TaskQueue.from_settings(settings, client), redis=client, encoder=encoder)
+                   queue=TaskQueue.from_settings(settings, client), redis=client,
+                   collections=CollectionRegistry(client), encoder=encoder)
 
     def close(self) -> None:
         for stop in list(self.walks.values()):
@@ -124,8 +130,11 @@ class Proxima:
             self.queue.send_batch(lost[job_id, key][0], job_id, key, lost[job_id, key][1])
         return set(lost) - suspects
 
-    def accept(self, uploads: Sequence[Upload], job_id: str | None = None) -> tuple[str, list[Accepted]]:
-        """Store uploads and queue them for indexing: a new job, or the open job `job_id`."""
+    def accept(self, uploads: Sequence[Upload], job_id: str | None = None,
+               collection: str | None = None) -> tuple[str, list[Accepted]]:
+        """Store uploads and queue them for indexing: a new job, or the open job `job_id`; with `collection`,
+        the images go into that collection (created if new)."""
+        collections = self._collections(collection)
         if job_id is not None:
             job = self.job(job_id)
             if not job.walking:
@@ -135,7 +144,16 @@ class Proxima:
             raise TooLarge(f"{len(uploads)} files in one request; the limit is {limit} (MAX_FILES_PER_REQUEST)")
         return pipeline.accept_uploads(uploads, images=self.images, backend=self.backend, jobs=self.jobs,
                                        enqueue=self.send_embed, batch_size=self.settings.effective_batch_size,
-                                       max_pixels=self.settings.max_image_pixels, job_id=job_id)
+                                       max_pixels=self.settings.max_image_pixels, job_id=job_id,
+                                       collections=collections)
+
+    def _collections(self, name: str | None) -> tuple[str, ...]:
+        """The checked collection an upload or ingest names (registered), or none."""
+        if not name:
+            return ()
+        collections = (label(name, "collection name"),)
+        self.collections.ensure(collections)
+        return collections
 
     def open_job(self, label: str) -> str:
         """A job that several `accept(..., job_id)` calls add to, until `seal_job`."""
@@ -160,15 +178,16 @@ class Proxima:
 
     def ingest_folder(self, folder: Path, job_id: str, *, recursive: bool, batch_size: int | None = None,
                       roots: Sequence[Path] | None = None, on_progress: Callable[[WalkStats], None] | None = None,
-                      stop: threading.Event | None = None) -> WalkStats:
+                      stop: threading.Event | None = None, collection: str | None = None) -> WalkStats:
         """Walk `folder` here, queue its new images as path batches of the open job `job_id`, seal it."""
-        return walk_folder(folder, job_id, recursive=recursive,
+        return walk_folder(folder, job_id, recursive=recursive, collections=self._collections(collection),
                            batch_size=batch_size or self.settings.effective_batch_size, jobs=self.jobs,
                            backend=self.backend, manifest=self.manifest, enqueue=self.send_ingest,
                            queue_depth=self.queue.depth, max_queued=self.settings.ingest_max_queued, roots=roots,
                            on_progress=on_progress or (lambda stats: None), stop=stop)
 
-    def start_folder_ingest(self, path: str, recursive: bool = True) -> tuple[str, Path]:
+    def start_folder_ingest(self, path: str, recursive: bool = True,
+                            collection: str | None = None) -> tuple[str, Path]:
         """Walk a folder under INGEST_ROOTS in a background thread; returns (job id, resolved folder).
         Raises Forbidden (disabled, outside the roots, a symlink out of them) or NotFound."""
         roots = self.settings.ingest_roots
@@ -177,16 +196,19 @@ class Proxima:
         folder = resolve_under(path, roots)
         if not folder.is_dir():
             raise NotFound(f"{path!r} is not a folder on the server")
+        self._collections(collection)  # checked before the job starts
         job_id = self.open_job(str(folder))
         stop = threading.Event()
         self.walks[job_id] = stop
-        threading.Thread(target=self._walk, args=(folder, job_id, recursive, stop), name=f"walk-{job_id[:8]}",
-                         daemon=True).start()
+        threading.Thread(target=self._walk, args=(folder, job_id, recursive, stop, collection),
+                         name=f"walk-{job_id[:8]}", daemon=True).start()
         return job_id, folder
 
-    def _walk(self, folder: Path, job_id: str, recursive: bool, stop: threading.Event) -> None:
+    def _walk(self, folder: Path, job_id: str, recursive: bool, stop: threading.Event,
+              collection: str | None) -> None:
         try:
-            self.ingest_folder(folder, job_id, recursive=recursive, roots=self.settings.ingest_roots, stop=stop)
+            self.ingest_folder(folder, job_id, recursive=recursive, roots=self.settings.ingest_roots, stop=stop,
+                               collection=collection)
         except InterruptedError:
             log.warning("folder ingest %s stopped before the walk ended; run it again to finish", job_id)
         except Exception:
@@ -196,18 +218,60 @@ class Proxima:
 
     # --- searches and images -----------------------------------------------------------------------
 
-    def search_image(self, data: bytes, k: int) -> list[Hit]:
-        return pipeline.search_image(data, k, embedder=self.model, backend=self.backend,
+    def search_image(self, data: bytes, page: Page = FIRST_PAGE) -> list[Hit]:
+        return pipeline.search_image(data, page, embedder=self.model, backend=self.backend,
                                      max_pixels=self.settings.max_image_pixels)
 
-    def search_text(self, text: str, k: int) -> list[Hit]:
-        return pipeline.search_text(text, k, embedder=self.model, backend=self.backend)
+    def search_text(self, text: str, page: Page = FIRST_PAGE) -> list[Hit]:
+        return pipeline.search_text(text, page, embedder=self.model, backend=self.backend)
 
-    def similar(self, image_id: str, k: int) -> list[Hit]:
-        hits = pipeline.search_similar(image_id, k, backend=self.backend) if is_image_id(image_id) else None
+    def similar(self, image_id: str, page: Page = FIRST_PAGE) -> list[Hit]:
+        hits = pipeline.search_similar(image_id, page, backend=self.backend) if is_image_id(image_id) else None
         if hits is None:
             raise NotFound(f"no indexed image with id {image_id[:80]!r}")
         return hits
+
+    # --- metadata, collections and tags ------------------------------------------------------------------
+
+    def record(self, image_id: str) -> ImageRecord:
+        """The metadata of an indexed image; NotFound otherwise."""
+        record = self.backend.get([image_id]).get(image_id) if is_image_id(image_id) else None
+        if record is None:
+            raise NotFound(f"no indexed image with id {image_id[:80]!r}")
+        return record
+
+    def relabel(self, image_id: str, *, add_collections: Sequence[str] = (), remove_collections: Sequence[str] = (),
+                tags: Sequence[str] | None = None, add_tags: Sequence[str] = (),
+                remove_tags: Sequence[str] = ()) -> ImageRecord:
+        """Change an image's collections and tags (`tags` replaces them all; the others add or remove); names
+        are checked, new collections registered. Returns the updated record."""
+        record = self.record(image_id)
+        add_collections = labels(add_collections, "collection name")
+        self.collections.ensure(add_collections)
+        gone_collections = set(labels(remove_collections, "collection name"))
+        collections = [c for c in dict.fromkeys([*record.collections, *add_collections]) if c not in gone_collections]
+        base = labels(tags, "tag") if tags is not None else record.tags
+        gone_tags = set(labels(remove_tags, "tag"))
+        new_tags = [t for t in dict.fromkeys([*base, *labels(add_tags, "tag")]) if t not in gone_tags]
+        if len(collections) > MAX_LABELS or len(new_tags) > MAX_LABELS:
+            raise BadInput(f"an image is in at most {MAX_LABELS} collections and has at most {MAX_LABELS} tags")
+        if self.backend.set_labels({image_id: (collections, new_tags)}) == 0:
+            raise NotFound(f"no indexed image with id {image_id[:80]!r}")
+        return record.with_labels(collections, new_tags)
+
+    def create_collection(self, name: str, description: str = "") -> tuple[Collection, bool]:
+        return self.collections.create(name, description)
+
+    def collection_size(self, name: str) -> int | None:
+        """How many indexed images a collection holds (None while the backend is down)."""
+        try:
+            return self.backend.count(SearchFilter(collections=(name,)))
+        except BackendUnavailable:
+            return None
+
+    def list_collections(self) -> list[tuple[Collection, int | None]]:
+        """Every collection with how many indexed images it holds."""
+        return [(c, self.collection_size(c.name)) for c in self.collections.all()]
 
     def stored_path(self, image_id: str) -> Path:
         """The stored file of an image; NotFound for a malformed or unknown id."""
@@ -279,15 +343,17 @@ class JobTarget(Protocol):
     """Where `upload_files` sends files: a `Proxima` in-process, or a `shared.client.ApiClient` over HTTP."""
 
     def open_job(self, label: str) -> str: ...
-    def accept(self, uploads: Sequence[Upload], job_id: str | None = None) -> tuple[str, list[Accepted]]: ...
+    def accept(self, uploads: Sequence[Upload], job_id: str | None = None,
+               collection: str | None = None) -> tuple[str, list[Accepted]]: ...
     def seal_job(self, job_id: str, counts: ClientCounts | None = None) -> Job: ...
 
 
-def upload_files(target: JobTarget, paths: Iterable[Path], *, label: str, chunk: int = 64) -> str:
+def upload_files(target: JobTarget, paths: Iterable[Path], *, label: str, chunk: int = 64,
+                 collection: str | None = None) -> str:
     """Add files to one new open job, `chunk` at a time (bounded memory, steady progress), then seal it."""
     paths = list(paths)
     job_id = target.open_job(label)
     for start in range(0, len(paths), chunk):
-        target.accept([Upload.from_path(p) for p in paths[start:start + chunk]], job_id)
+        target.accept([Upload.from_path(p) for p in paths[start:start + chunk]], job_id, collection)
     target.seal_job(job_id)
     return job_id

@@ -26,19 +26,21 @@ from scripts.devservices import (
     searchd_from_environment,
     start_manticore,
     start_milvus_lite,
+    start_milvus_server,
     start_redis,
     stop,
+    stop_group,
     write_tiny_model,
 )
 from shared.config import Settings
 
 # Each backend with the tiny test model, then pgvector once more with real pretrained weights (EfficientNet-Lite0,
 # an image-only extractor), so every layer also runs a real network.
-E2E_BACKENDS = ["pgvector", "milvus", "manticore", "efficientnet_lite"]
+E2E_BACKENDS = ["pgvector", "milvus", "milvus_server", "manticore", "efficientnet_lite"]
 # Fixtures that start (or stand for) real service processes: a test using any of them is `slow`.
-SERVICE_FIXTURES = {"redis_url", "pg_url", "milvus_url", "manticore_url", "manticore_searchd", "worker", "client",
-                    "pg_client", "backend_client", "stack_env", "stack_settings", "fresh_pg_url", "backend",
-                    "backend_factory", "efficientnet_env", "efficientnet_worker"}
+SERVICE_FIXTURES = {"redis_url", "pg_url", "milvus_url", "milvus_server_url", "manticore_url", "manticore_searchd",
+                    "worker", "client", "pg_client", "backend_client", "stack_env", "stack_settings", "fresh_pg_url",
+                    "backend", "backend_factory", "efficientnet_env", "efficientnet_worker"}
 
 
 _OWN_BASETEMP = pytest.StashKey[str]()
@@ -91,6 +93,19 @@ def milvus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, url = start_milvus_lite(tmp_path_factory.mktemp("milvus"))
     yield url
     stop(proc)
+
+
+@pytest.fixture(scope="session")
+def milvus_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus standalone server: MILVUS_SERVER_URI when set, else `milvus-server` (the `milvus`
+    package, Milvus 2.3) started here for the session."""
+    configured = os.environ.get("MILVUS_SERVER_URI", "")
+    if configured:
+        yield configured
+        return
+    proc, url = start_milvus_server(tmp_path_factory.mktemp("milvus-server"))
+    yield url
+    stop_group(proc)
 
 
 @pytest.fixture(scope="session")
@@ -208,6 +223,9 @@ def backend_client(request, tmp_path_factory, redis_url, tiny_model):
     if request.param == "milvus":
         backend = {"vector_backend": "milvus", "milvus_uri": request.getfixturevalue("milvus_url")}
         db = 1
+    elif request.param == "milvus_server":
+        backend = {"vector_backend": "milvus", "milvus_uri": request.getfixturevalue("milvus_server_url")}
+        db = 5
     else:
         backend = {"vector_backend": "manticore", "manticore_url": request.getfixturevalue("manticore_url"),
                    "manticore_table": "e2e_" + uuid.uuid4().hex[:8]}

@@ -36,9 +36,17 @@ def test_table_json_and_contact_sheet(api_url, client, tmp_path):
     text = run(str(query), "--api", api_url, "--top-k", "3")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.strip().splitlines()
-    assert lines[0].split() == ["rank", "score", "id", "file", "name"]
+    assert lines[0].split() == ["rank", "score", "id", "taken", "file", "name", "[collections]"]
     assert lines[1].split()[:2] == ["1", "1.000"] and lines[1].endswith("sunset.jpg")
     assert len(lines) == 4
+    assert "more: --offset 3" in text.stderr
+
+    second = run(str(query), "--api", api_url, "--top-k", "1", "--offset", "1", "--min-score", "-1")
+    assert second.stdout.strip().splitlines()[1].split()[0] == "2"  # ranks go on from the offset
+    nothing = run(str(query), "--api", api_url, "--collection", "no such album", "--format", "PNG")
+    assert nothing.returncode == 0 and nothing.stdout.strip() == "no matching images"
+    refused = run(str(query), "--api", api_url, "--captured-from", "last week")
+    assert refused.returncode != 0 and "captured_from" in refused.stderr
 
     answer = json.loads(run(str(query), "--api", api_url, "--json", "-k", "2").stdout)
     assert answer["results"][0]["filename"] == "sunset.jpg" and len(answer["results"]) == 2

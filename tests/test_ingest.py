@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -79,6 +80,29 @@ def test_folder_ingest_then_resume(client, stack_env, tmp_path):
     touched = run_script(stack_env, str(tmp_path / "photos"), "--recursive")
     assert touched["queued"] == 2 and touched["duplicates"] == again["duplicates"]
     assert vector_count(client) == before + expected["unique_good"]
+
+
+def test_folder_ingest_into_collections_keeps_relative_paths(client, stack_env, tmp_path):
+    expected = make_folder(tmp_path / "albums", seed=150)
+    first = run_script(stack_env, str(tmp_path / "albums"), "-r", "--collection", "Set A")
+    assert first["done"] == expected["unique_good"] + expected["content_duplicates"]
+    deep_id = hashlib.sha256((tmp_path / "albums" / "sub" / "deeper" / "deep.webp").read_bytes()).hexdigest()
+    meta = client.get(f"/images/{deep_id}/metadata").json()
+    assert (meta["path"], meta["collections"]) == ("sub/deeper/deep.webp", ["Set A"])
+    before = vector_count(client)
+    again = run_script(stack_env, str(tmp_path / "albums"), "-r", "--collection", "Set B")  # nothing to embed
+    assert again["queued"] == expected["failed"] and vector_count(client) == before  # the broken file, again
+    assert client.get(f"/images/{deep_id}/metadata").json()["collections"] == ["Set A", "Set B"]
+    query = {"file": ("q.jpg", jpeg(150))}
+    in_b = client.post("/search", files=query, data={"collection": "Set B", "top_k": "100"}).json()["results"]
+    assert len(in_b) == expected["unique_good"]
+    under_sub = client.post("/search", files=query, data={"collection": "Set B", "path_prefix": "sub/",
+                                                          "top_k": "100"}).json()["results"]
+    distinct = {"sub/pic0.png", "sub/pic1.png", "sub/pic2.png", "sub/pic3.png", "sub/deeper/deep.webp"}
+    # sub/also_img1.jpg holds img1.jpg's bytes: one image, stored with whichever path the worker met first
+    assert distinct <= {r["path"] for r in under_sub} <= distinct | {"sub/also_img1.jpg"}
+    albums = {c["name"]: c["images"] for c in client.get("/collections").json()["collections"]}
+    assert albums["Set A"] == albums["Set B"] == expected["unique_good"]
 
 
 def test_non_recursive_stays_in_the_folder(client, stack_env, tmp_path):

@@ -51,7 +51,8 @@ def test_the_api_matches_its_openapi_document(api, tmp_path):
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     config = (REPO / "tests" / "schemathesis.toml").read_text()
     # Real ids for the routes that read an image (not DELETE, which would take them from the others).
-    config += ("\n[[operations]]\ninclude-path-regex = \"^/images/\\\\{image_id\\\\}(/similar|/thumbnail)?$\"\n"
+    config += ("\n[[operations]]\n"
+               "include-path-regex = \"^/images/\\\\{image_id\\\\}(/similar|/thumbnail|/metadata)?$\"\n"
                f"include-method = \"GET\"\nparameters = {{ image_id = \"{image_id}\" }}\n")
     (tmp_path / "schemathesis.toml").write_text(config)
     result = subprocess.run(
@@ -64,13 +65,13 @@ def test_the_api_matches_its_openapi_document(api, tmp_path):
     summary = result.stdout[-4000:]
     print(summary)
     assert result.returncode == 0, summary
-    assert "16 selected / 16 total" in result.stdout and "Tested: 16" in result.stdout  # every operation
+    assert "22 selected / 22 total" in result.stdout and "Tested: 22" in result.stdout  # every operation
 
 
 def test_an_error_has_one_shape_and_a_405_lists_every_method(api):
     server, image_id = api
     refused = httpx.put(f"{server.url}/images/{image_id}")
-    assert refused.status_code == 405 and refused.headers["allow"] == "DELETE, GET"
+    assert refused.status_code == 405 and refused.headers["allow"] == "DELETE, GET, PATCH"
     assert refused.json() == {"detail": "Method Not Allowed", "kind": "bad_input"}
     missing = httpx.get(f"{server.url}/jobs/{'0' * 32}")
     assert missing.status_code == 404 and missing.json() == {"detail": f"no job with id {'0' * 32!r}",

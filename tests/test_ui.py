@@ -15,17 +15,27 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from scripts.devservices import REPO, Api, child_env, free_port, stop, wait_for
-from scripts.synthetic import jpeg
+from scripts.synthetic import encode, jpeg, photo
 from ui.app import _status
-from ui.service import LocalService, RemoteService, ServiceError
+from ui.service import LocalService, Query, RemoteService, ServiceError
 from ui.text import TEXTS, language
 
 OUTPUT = Path(os.environ.get("PROXIMA_TEST_OUTPUT", REPO / "test-output"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FILENAMES = [f"page-{n}.jpg" for n in range(6)]
 SEED = 61_000  # the stack is shared with other tests: seeds no other test uses
+TRIP = "Trip 2024"
+
+
+def dated_jpeg(seed: int, taken: str) -> bytes:
+    """A JPEG whose EXIF says when it was taken (`2024:06:30 12:00:00`, as cameras write it)."""
+    exif = Image.Exif()
+    exif[0x0132] = taken  # DateTime
+    exif.get_ifd(0x8769)[0x9003] = taken  # DateTimeOriginal
+    return encode(photo(seed), "JPEG", quality=90, exif=exif)
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +133,80 @@ def test_clicking_a_result_shows_more_like_it(browser, api):
     page.locator("#px-search-text").click()
     page.wait_for_selector("#px-results img")
     first = page.locator("#px-results img").first
-    clicked_name = first.get_attribute("alt").split(" · ", 1)[1]
+    clicked_name = first.get_attribute("alt").rsplit(" · ", 1)[1]  # the filename is last
     clicked_id = re.search(r"([0-9a-f]{64})-\d+\.webp", first.get_attribute("src")).group(1)
     first.click()
     page.wait_for_function("document.querySelector('#px-search-message').innerText.includes('images like')")
     assert clicked_name in message(page)
     sources = [img.get_attribute("src") for img in page.locator("#px-results img").all()]
     assert sources and not any(clicked_id in src for src in sources)  # the image itself is left out
+    page.close()
+
+
+def captions(page) -> list[str]:
+    return [img.get_attribute("alt") for img in page.locator("#px-results img").all()]
+
+
+def wait_for_tiles(page, n: int) -> None:
+    page.wait_for_function(f"document.querySelectorAll('#px-results img').length === {n}")
+
+
+def test_collection_filter_dates_in_captions_and_more_results(browser, api, tmp_path):
+    trip = []
+    for n in range(3):  # taken on 28, 29 and 30 June 2024; the module's other images have no date nor collection
+        trip.append(tmp_path / f"trip-{n}.jpg")
+        trip[-1].write_bytes(dated_jpeg(SEED + 300 + n, f"2024:06:{28 + n} 12:00:00"))
+    page = open_page(browser, f"{api.url}/ui/")
+    page.get_by_role("tab", name="Add images").click()
+    page.locator("#px-upload-files input[type=file]").set_input_files([str(p) for p in trip])
+    page.locator("#px-upload-files").get_by_text("trip-2", exact=True).wait_for()
+    picker = page.locator("#px-upload-collection input")
+    picker.fill(TRIP)  # a new collection, typed
+    picker.press("Enter")
+    page.locator("#px-upload").click()
+    done = page.wait_for_selector("#px-job-progress .px-progress[data-state=completed]")
+    assert done.get_attribute("data-done") == "3"
+
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#px-filters").get_by_text("Filters").click()
+    page.locator("#px-filter-collections input").click()  # the new collection is offered now
+    page.get_by_role("option", name=TRIP, exact=True).click()
+    page.keyboard.press("Escape")
+    page.locator("#px-top-k input[type=number]").fill("2")
+    page.locator("#px-top-k input[type=number]").press("Enter")
+    page.locator("#px-query-text textarea").fill("colourful shapes")
+    page.locator("#px-search-text").click()
+    wait_for_tiles(page, 2)
+    assert "2 results in" in message(page)
+    dated = re.compile(r"^[-0-9.]+ · 2024-06-(28|29|30) · Trip 2024 · trip-[0-2]\.jpg$")
+    assert all(dated.match(c) for c in captions(page)), captions(page)
+    more = page.locator("#px-more")
+    assert more.is_visible()
+    more.click()  # the third (last) image of the collection is added under the first two
+    wait_for_tiles(page, 3)
+    assert "1 more in" in message(page)
+    assert sorted(c.rsplit(" · ", 1)[1] for c in captions(page)) == ["trip-0.jpg", "trip-1.jpg", "trip-2.jpg"]
+    page.wait_for_selector("#px-more", state="hidden")  # no further page
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "ui-search-filters.png"), full_page=True)
+
+    page.locator("#px-results img").first.click()  # more like this, among the same collection
+    page.wait_for_function("document.querySelector('#px-search-message').innerText.includes('images like')")
+    wait_for_tiles(page, 2)
+    assert all(dated.match(c) for c in captions(page)), captions(page)
+
+    page.locator("#px-captured-from input").fill("2024-06-29")
+    page.locator("#px-search-text").click()
+    page.wait_for_function("document.querySelector('#px-search-message').innerText.includes('results in')")
+    wait_for_tiles(page, 2)
+    assert sorted(c.rsplit(" · ", 1)[1] for c in captions(page)) == ["trip-1.jpg", "trip-2.jpg"]
+
+    page.locator("#px-captured-from input").fill("29/06/2024")
+    page.locator("#px-search-text").click()
+    shown = page.wait_for_selector("#px-search-message .px-error").inner_text()
+    assert "That did not work" in shown and "captured_from" in shown and "Traceback" not in shown
+    assert page.locator("#px-results img").count() == 0
+    assert not page.locator("#px-more").is_visible()
     page.close()
 
 
@@ -214,7 +291,15 @@ def test_remote_service_maps_api_errors(api):
         with pytest.raises(ServiceError) as exc:
             call()
         assert exc.value.kind == kind, exc.value.detail
-    assert remote.search_text("shapes", 2).results[0].image.startswith(f"{api.url}/images/")
+    with pytest.raises(ServiceError) as exc:
+        remote.search_text("shapes", 2, Query({"captured_from": "yesterday"}))
+    assert exc.value.kind == "bad_input" and "ISO 8601" in exc.value.detail
+    first = remote.search_text("shapes", 2)
+    assert first.results[0].image.startswith(f"{api.url}/images/") and first.next_offset == 2
+    second = remote.search_text("shapes", 2, Query(offset=first.next_offset))
+    assert len(second.results) == 2 and not {r.id for r in first.results} & {r.id for r in second.results}
+    assert remote.similar(first.results[0].id, 3, Query({"format": ["PNG"]})).results == []  # all are JPEGs
+    assert isinstance(remote.collections(), list)
     assert remote.status()["backend"] == "pgvector"
 
 
@@ -227,8 +312,15 @@ def test_local_service_calls_the_api_services(client):
         local.search_text("   ", 3)
     assert exc.value.kind == "bad_input" and "empty" in exc.value.detail
     with pytest.raises(ServiceError) as exc:
-        local.ingest_folder("/tmp", True)  # INGEST_ROOTS is empty in this stack
+        local.search_text("shapes", 3, Query({"captured_to": "30/06/2024"}))
+    assert exc.value.kind == "bad_input" and "captured_to" in exc.value.detail
+    with pytest.raises(ServiceError) as exc:
+        local.search_text("shapes", 3, Query({"min_score": 5.0}))
+    assert exc.value.kind == "bad_input" and "min_score" in exc.value.detail
+    with pytest.raises(ServiceError) as exc:
+        local.ingest_folder("/tmp", True, "Trip")  # INGEST_ROOTS is empty in this stack
     assert exc.value.kind == "forbidden"
+    assert isinstance(local.collections(), list)
     assert local.status()["model"]["dim"] == 64
 
 

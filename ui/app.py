@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gradio as gr
 
 from shared.pipeline import MAX_QUERY_CHARS
 from shared.types import Job
-from ui.service import Found, ProximaService, ServiceError
+from ui.service import Found, ProximaService, Query, Result, ServiceError
 from ui.text import i18n, language, t
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,34 @@ CSS = """
 #px-results .fixed-height { max-height: none; min-height: 0; }  /* every result on the page, not a scroll box */
 """
 
+FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "BMP", "AVIF"]
 Gallery = list[tuple[str, str]]
-Shown = list[tuple[str, str]]  # (id, filename) of each tile, for "more like this"
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One result on the page: what the gallery shows, and the id behind it (for "more like this")."""
+
+    id: str
+    filename: str
+    image: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The search on the page, kept so "More results" can fetch its next page."""
+
+    kind: Literal["image", "text", "similar"]
+    subject: bytes | str  # the query image's bytes, the text, or the image id
+    k: int
+    filters: dict[str, Any]
+    like: str | None = None  # "more like this": the clicked image's filename
+    next_offset: int | None = None
+
+
+# message, gallery, tiles, the search, the "More results" button (the first two may be gr.update())
+Shown = tuple[Any, Any, list[Tile], Asked | None, dict[str, Any]]
 
 
 def _lang(request: gr.Request | None) -> str:
@@ -53,37 +81,127 @@ def _note(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
+def _filters(captured_from: str | None, captured_to: str | None, collections: list[str] | str | None,
+             formats: list[str] | None, camera: str | None, tags: str | None, min_score: str | None,
+             ) -> dict[str, Any]:
+    """The filter panel as the API's filter fields, only those filled in (values are checked by the service;
+    ServiceError for a minimum score that is not a number)."""
+    out: dict[str, Any] = {}
+    if (captured_from or "").strip():
+        out["captured_from"] = (captured_from or "").strip()
+    if (captured_to or "").strip():
+        out["captured_to"] = (captured_to or "").strip()
+    if collections:
+        out["collection"] = [collections] if isinstance(collections, str) else list(collections)
+    if formats:
+        out["format"] = list(formats)
+    if (camera or "").strip():
+        out["camera"] = [(camera or "").strip()]
+    tag_list = [tag.strip() for tag in (tags or "").split(",") if tag.strip()]
+    if tag_list:
+        out["tag"] = tag_list
+    if (min_score or "").strip():
+        try:
+            score = float((min_score or "").strip().replace(",", "."))
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise ServiceError("bad_input", f"min_score: {min_score!r} is not a number (-1 to 1)")
+        out["min_score"] = score
+    return out
+
+
+def _caption(result: Result) -> str:
+    """`0.912 · 2024-06-30 · Trip 2024 · IMG_0042.jpg`: what is known of it, the filename last."""
+    parts = [f"{result.score:.3f}"]
+    if result.captured_at is not None:
+        parts.append(result.captured_at.date().isoformat())
+    if result.collections:
+        parts.append(", ".join(result.collections))
+    return " · ".join([*parts, result.filename])
+
+
 def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
     """The whole page; its labels are gr.I18n keys (pass `ui.text.i18n` to launch or mount)."""
 
-    def show(lang: str, search: Callable[[], Found], like: str | None = None) -> tuple[str, Gallery, Shown]:
-        try:
-            found = search()
-        except Exception as exc:  # every failure becomes a readable message
-            return _error(lang, exc), [], []
-        if not found.results:
-            return _note(t(lang, "no_results")), [], []
-        key, extra = ("like_this", {"name": like}) if like else ("found", {})
-        tiles = [(r.image, f"{r.score:.3f} · {r.filename}") for r in found.results]
-        return (_note(t(lang, key, n=len(found.results), ms=found.took_ms, **extra)), tiles,
-                [(r.id, r.filename) for r in found.results])
+    def fetch(asked: Asked, offset: int) -> Found:
+        query = Query(asked.filters, offset)
+        if asked.kind == "image" and isinstance(asked.subject, bytes):
+            return service.search_image(asked.subject, asked.k, query)
+        if asked.kind == "text" and isinstance(asked.subject, str):
+            return service.search_text(asked.subject, asked.k, query)
+        return service.similar(str(asked.subject), asked.k, query)
 
-    def by_image(path: str | None, k: int, request: gr.Request) -> tuple[str, Gallery, Shown]:
+    def show(lang: str, asked: Asked, before: list[Tile] | None = None) -> Shown:
+        """The first page of `asked`, or with `before` (the tiles shown) its next page added to them."""
+        before = before or []
+        try:
+            found = fetch(asked, (asked.next_offset or 0) if before else 0)
+        except Exception as exc:  # every failure becomes a readable message
+            if before:  # the tiles shown stay
+                return _error(lang, exc), [(tile.image, tile.caption) for tile in before], before, asked, gr.update()
+            return _error(lang, exc), [], [], None, gr.update(visible=False)
+        asked = replace(asked, next_offset=found.next_offset)
+        tiles = before + [Tile(r.id, r.filename, r.image, _caption(r)) for r in found.results]
+        if not tiles:
+            text = _note(t(lang, "no_match" if asked.filters else "no_results"))
+        elif before:
+            text = _note(t(lang, "more_found", n=len(tiles), m=len(found.results), ms=found.took_ms))
+        elif asked.like is not None:
+            text = _note(t(lang, "like_this", n=len(tiles), name=asked.like, ms=found.took_ms))
+        else:
+            text = _note(t(lang, "found", n=len(tiles), ms=found.took_ms))
+        return (text, [(tile.image, tile.caption) for tile in tiles], tiles, asked,
+                gr.update(visible=found.next_offset is not None and bool(tiles)))
+
+    def nothing(text: str) -> Shown:
+        return text, [], [], None, gr.update(visible=False)
+
+    def ask(lang: str, make: Callable[[], Asked]) -> Shown:
+        """A new search, unless its filters are unusable."""
+        try:
+            asked = make()
+        except ServiceError as exc:
+            return nothing(_error(lang, exc))
+        return show(lang, asked)
+
+    def by_image(path: str | None, k: float, captured_from: str, captured_to: str, collections: list[str],
+                 formats: list[str], camera: str, tags: str, min_score: str,
+                 request: gr.Request) -> Shown:
         lang = _lang(request)
         if not path:
-            return _note(t(lang, "no_query_image")), [], []
-        data = Path(path).read_bytes()
-        return show(lang, lambda: service.search_image(data, int(k)))
+            return nothing(_note(t(lang, "no_query_image")))
+        return ask(lang, lambda: Asked("image", Path(path).read_bytes(), int(k), _filters(
+            captured_from, captured_to, collections, formats, camera, tags, min_score)))
 
-    def by_text(text: str, k: int, request: gr.Request) -> tuple[str, Gallery, Shown]:
+    def by_text(text: str, k: float, captured_from: str, captured_to: str, collections: list[str],
+                formats: list[str], camera: str, tags: str, min_score: str, request: gr.Request) -> Shown:
         lang = _lang(request)
         if not (text or "").strip():
-            return _note(t(lang, "no_query_text")), [], []
-        return show(lang, lambda: service.search_text(text, int(k)))
+            return nothing(_note(t(lang, "no_query_text")))
+        return ask(lang, lambda: Asked("text", text, int(k), _filters(
+            captured_from, captured_to, collections, formats, camera, tags, min_score)))
 
-    def like_this(shown: Shown, k: int, evt: gr.SelectData, request: gr.Request) -> tuple[str, Gallery, Shown]:
-        image_id, filename = shown[evt.index]
-        return show(_lang(request), lambda: service.similar(image_id, int(k)), like=filename)
+    def like_this(tiles: list[Tile], k: float, captured_from: str, captured_to: str, collections: list[str],
+                  formats: list[str], camera: str, tags: str, min_score: str, evt: gr.SelectData,
+                  request: gr.Request) -> Shown:
+        tile = tiles[evt.index]
+        return ask(_lang(request), lambda: Asked("similar", tile.id, int(k), _filters(
+            captured_from, captured_to, collections, formats, camera, tags, min_score), like=tile.filename))
+
+    def more(asked: Asked | None, tiles: list[Tile], request: gr.Request) -> Shown:
+        if asked is None or asked.next_offset is None or not tiles:
+            return gr.update(), gr.update(), tiles, asked, gr.update(visible=False)
+        return show(_lang(request), asked, tiles)
+
+    def collections() -> tuple[dict[str, Any], dict[str, Any]]:
+        """Both collection pickers, with the collections there are now (unchanged if that cannot be read)."""
+        try:
+            names = service.collections()
+        except Exception:
+            log.warning("could not list the collections", exc_info=True)
+            return gr.update(), gr.update()
+        return gr.update(choices=names), gr.update(choices=names)
 
     def follow(lang: str, start: Callable[[], str]) -> Iterator[tuple[str, str]]:
         try:
@@ -102,19 +220,21 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                     return
             time.sleep(POLL_S)
 
-    def upload(paths: list[str] | None, request: gr.Request) -> Iterator[tuple[str, str]]:
+    def upload(paths: list[str] | None, collection: str | None, request: gr.Request) -> Iterator[tuple[str, str]]:
         lang = _lang(request)
         if not paths:
             yield _note(t(lang, "no_files")), ""
             return
-        yield from follow(lang, lambda: service.upload([Path(p) for p in paths]))
+        name = (collection or "").strip() or None
+        yield from follow(lang, lambda: service.upload([Path(p) for p in paths], name))
 
-    def ingest(path: str, recursive: bool, request: gr.Request) -> Iterator[tuple[str, str]]:
+    def ingest(path: str, recursive: bool, collection: str | None, request: gr.Request) -> Iterator[tuple[str, str]]:
         lang = _lang(request)
         if not (path or "").strip():
             yield _note(t(lang, "no_folder")), ""
             return
-        yield from follow(lang, lambda: service.ingest_folder(path.strip(), recursive))
+        name = (collection or "").strip() or None
+        yield from follow(lang, lambda: service.ingest_folder(path.strip(), recursive, name))
 
     def status(request: gr.Request) -> tuple[dict[str, Any], str, dict[str, Any], dict[str, Any], dict[str, Any]]:
         lang = _lang(request)
@@ -133,8 +253,9 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
     with gr.Blocks(title="Proxima", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(i18n("title"), elem_id="px-title")
         banner = gr.Markdown(visible=False, elem_id="px-random-warning")
-        shown = gr.State([])
-        with gr.Tab(i18n("tab_search"), id="search"), gr.Row():
+        tiles = gr.State([])
+        asked = gr.State(None)
+        with gr.Tab(i18n("tab_search"), id="search") as search_tab, gr.Row():
             with gr.Column(scale=1, min_width=280):
                 query_image = gr.Image(label=i18n("query_image"), type="filepath", image_mode=None,
                                        sources=["upload", "webcam", "clipboard"], elem_id="px-query-image")
@@ -145,11 +266,30 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 text_off = gr.Markdown(visible=False, elem_id="px-text-off")  # why there is no text box
                 top_k = gr.Slider(1, MAX_TOP_K, value=default_top_k, step=1, label=i18n("top_k"),
                                   elem_id="px-top-k")
+                with gr.Accordion(i18n("filters"), open=False, elem_id="px-filters"):
+                    with gr.Row():
+                        captured_from = gr.Textbox(label=i18n("captured_from"), placeholder="2024-06-01",
+                                                   max_lines=1, elem_id="px-captured-from")
+                        captured_to = gr.Textbox(label=i18n("captured_to"), placeholder="2024-06-30",
+                                                 max_lines=1, elem_id="px-captured-to")
+                    filter_collections = gr.Dropdown([], value=[], multiselect=True, label=i18n("collections"),
+                                                     info=i18n("collections_info"), elem_id="px-filter-collections")
+                    formats = gr.Dropdown(FORMATS, value=[], multiselect=True, label=i18n("formats"),
+                                          elem_id="px-filter-formats")
+                    camera = gr.Textbox(label=i18n("camera"), placeholder=i18n("camera_placeholder"), max_lines=1,
+                                        elem_id="px-filter-camera")
+                    tags = gr.Textbox(label=i18n("tags"), placeholder=i18n("tags_placeholder"), max_lines=1,
+                                      elem_id="px-filter-tags")
+                    min_score = gr.Textbox(label=i18n("min_score"), placeholder="0.25", max_lines=1,
+                                           elem_id="px-min-score")
             with gr.Column(scale=3):
                 message = gr.HTML(elem_id="px-search-message")
                 gallery = gr.Gallery(label=i18n("results"), columns=4, height="auto", object_fit="cover",
                                      allow_preview=False, interactive=False, elem_id="px-results")
+                more_btn = gr.Button(i18n("more_results"), visible=False, elem_id="px-more")
         with gr.Tab(i18n("tab_ingest"), id="ingest"):
+            upload_collection = gr.Dropdown([], value=None, allow_custom_value=True, label=i18n("upload_collection"),
+                                            info=i18n("upload_collection_info"), elem_id="px-upload-collection")
             with gr.Row():
                 with gr.Column():
                     files = gr.File(label=i18n("upload_files"), file_count="multiple", type="filepath",
@@ -165,18 +305,25 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             status_md = gr.Markdown(elem_id="px-status")
             refresh = gr.Button(i18n("refresh"), elem_id="px-refresh")
 
-        found = [message, gallery, shown]
-        query_image.upload(by_image, [query_image, top_k], found, concurrency_limit=4)
-        image_btn.click(by_image, [query_image, top_k], found, concurrency_limit=4)
-        query_text.submit(by_text, [query_text, top_k], found, concurrency_limit=4)
-        text_btn.click(by_text, [query_text, top_k], found, concurrency_limit=4)
-        gallery.select(like_this, [shown, top_k], found, concurrency_limit=4)
+        found = [message, gallery, tiles, asked, more_btn]
+        panel = [captured_from, captured_to, filter_collections, formats, camera, tags, min_score]
+        query_image.upload(by_image, [query_image, top_k, *panel], found, concurrency_limit=4)
+        image_btn.click(by_image, [query_image, top_k, *panel], found, concurrency_limit=4)
+        query_text.submit(by_text, [query_text, top_k, *panel], found, concurrency_limit=4)
+        text_btn.click(by_text, [query_text, top_k, *panel], found, concurrency_limit=4)
+        gallery.select(like_this, [tiles, top_k, *panel], found, concurrency_limit=4)
+        more_btn.click(more, [asked, tiles], found, concurrency_limit=4)
+        pickers = [filter_collections, upload_collection]
         # Following a job mostly sleeps between polls: no reason to make one user wait for another's.
-        upload_btn.click(upload, [files], [progress, errors], concurrency_limit=None)
-        folder_btn.click(ingest, [folder, recursive], [progress, errors], concurrency_limit=None)
+        upload_btn.click(upload, [files, upload_collection], [progress, errors], concurrency_limit=None).then(
+            collections, None, pickers, concurrency_limit=None)
+        folder_btn.click(ingest, [folder, recursive, upload_collection], [progress, errors],
+                         concurrency_limit=None).then(collections, None, pickers, concurrency_limit=None)
+        search_tab.select(collections, None, pickers, concurrency_limit=None)
         shown_by_status = [banner, status_md, query_text, text_btn, text_off]
         refresh.click(status, None, shown_by_status, concurrency_limit=None)
         demo.load(status, None, shown_by_status, concurrency_limit=None)
+        demo.load(collections, None, pickers, concurrency_limit=None)
     return demo
 
 

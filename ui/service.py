@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -17,13 +18,26 @@ import redis
 
 from shared.backends import Hit
 from shared.client import ApiClient
+from shared.pipeline import Page
 from shared.services import Proxima, upload_files
 from shared.types import ImageError, Job, ProximaError, ServiceError, describe
 
-__all__ = ["Found", "LocalService", "ProximaService", "RemoteService", "Result", "ServiceError"]
+__all__ = ["FIRST", "Found", "LocalService", "ProximaService", "Query", "RemoteService", "Result", "ServiceError"]
 
 UPLOAD_CHUNK = 64  # files per call when adding many images: bounded memory, steady progress
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which results of a search: those matching `filters` (the API's filter fields, e.g.
+    `{"collection": ["Trip"], "captured_from": "2024-06-01", "min_score": 0.2}`), from `offset` on."""
+
+    filters: dict[str, Any] = field(default_factory=dict)
+    offset: int = 0
+
+
+FIRST = Query()
 
 
 @dataclass(frozen=True)
@@ -32,28 +46,37 @@ class Result:
     score: float
     filename: str
     image: str  # its thumbnail: a local file path, or a URL the browser can load
+    captured_at: datetime | None = None  # when the photo was taken (EXIF), UTC
+    collections: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Found:
     results: list[Result]
     took_ms: float
+    next_offset: int | None = None  # the offset of the next page of the same query; None when there is none
 
 
 class ProximaService(Protocol):
     flower_url: str
 
-    def search_image(self, data: bytes, k: int) -> Found: ...
-    def search_text(self, text: str, k: int) -> Found: ...
-    def similar(self, image_id: str, k: int) -> Found: ...
-    def upload(self, files: Iterable[Path]) -> str: ...
-    def ingest_folder(self, path: str, recursive: bool) -> str: ...
+    def search_image(self, data: bytes, k: int, query: Query = FIRST) -> Found: ...
+    def search_text(self, text: str, k: int, query: Query = FIRST) -> Found: ...
+    def similar(self, image_id: str, k: int, query: Query = FIRST) -> Found: ...
+    def collections(self) -> list[str]: ...
+    def upload(self, files: Iterable[Path], collection: str | None = None) -> str: ...
+    def ingest_folder(self, path: str, recursive: bool, collection: str | None = None) -> str: ...
     def job(self, job_id: str) -> Job: ...
     def status(self) -> dict[str, Any]: ...
 
 
 def _label(files: list[Path]) -> str:
     return f"{len(files)} uploaded files"
+
+
+def page_of(k: int, query: Query) -> Page:
+    """The `Page` the API builds from the same filter fields; BadInput naming the field for a bad value."""
+    return Page.from_fields(query.filters, top_k=k, offset=query.offset)
 
 
 class LocalService:
@@ -71,7 +94,14 @@ class LocalService:
             info, message = describe(exc) or (None, str(exc))
             raise ServiceError(info.kind if info else "error", message) from None
 
-    def _found(self, hits: list[Hit], started: float) -> Found:
+    def _search(self, k: int, query: Query, search: Callable[[Proxima, Page], list[Hit]]) -> Found:
+        started = time.perf_counter()
+
+        def run() -> tuple[Page, list[Hit]]:
+            page = page_of(k, query)
+            return page, search(self._proxima(), page)
+
+        page, hits = self._run(run)
         images = self._proxima().images
 
         def picture(image_id: str) -> str:
@@ -80,27 +110,29 @@ class LocalService:
             except (OSError, ImageError):  # file gone or undecodable: the tile shows it is missing
                 return str(images.path(image_id))
 
-        return Found([Result(h.id, h.score, h.record.filename, picture(h.id)) for h in hits],
-                     (time.perf_counter() - started) * 1000)
+        return Found([Result(h.id, h.score, h.record.filename, picture(h.id), h.record.captured_at,
+                             tuple(h.record.collections)) for h in hits],
+                     (time.perf_counter() - started) * 1000, page.next_offset(len(hits)))
 
-    def search_image(self, data: bytes, k: int) -> Found:
-        started = time.perf_counter()
-        return self._found(self._run(lambda: self._proxima().search_image(data, k)), started)
+    def search_image(self, data: bytes, k: int, query: Query = FIRST) -> Found:
+        return self._search(k, query, lambda proxima, page: proxima.search_image(data, page))
 
-    def search_text(self, text: str, k: int) -> Found:
-        started = time.perf_counter()
-        return self._found(self._run(lambda: self._proxima().search_text(text, k)), started)
+    def search_text(self, text: str, k: int, query: Query = FIRST) -> Found:
+        return self._search(k, query, lambda proxima, page: proxima.search_text(text, page))
 
-    def similar(self, image_id: str, k: int) -> Found:
-        started = time.perf_counter()
-        return self._found(self._run(lambda: self._proxima().similar(image_id, k)), started)
+    def similar(self, image_id: str, k: int, query: Query = FIRST) -> Found:
+        return self._search(k, query, lambda proxima, page: proxima.similar(image_id, page))
 
-    def upload(self, files: Iterable[Path]) -> str:
+    def collections(self) -> list[str]:
+        return self._run(lambda: [c.name for c, _ in self._proxima().list_collections()])
+
+    def upload(self, files: Iterable[Path], collection: str | None = None) -> str:
         paths = list(files)
-        return self._run(lambda: upload_files(self._proxima(), paths, label=_label(paths), chunk=UPLOAD_CHUNK))
+        return self._run(lambda: upload_files(self._proxima(), paths, label=_label(paths), chunk=UPLOAD_CHUNK,
+                                              collection=collection or None))
 
-    def ingest_folder(self, path: str, recursive: bool) -> str:
-        return self._run(lambda: self._proxima().start_folder_ingest(path, recursive)[0])
+    def ingest_folder(self, path: str, recursive: bool, collection: str | None = None) -> str:
+        return self._run(lambda: self._proxima().start_folder_ingest(path, recursive, collection or None)[0])
 
     def job(self, job_id: str) -> Job:
         return self._run(lambda: self._proxima().job(job_id))
@@ -117,24 +149,36 @@ class RemoteService:
         self.flower_url = flower_url
 
     def _found(self, body: dict[str, Any]) -> Found:
-        return Found([Result(r["id"], r["score"], r["filename"], self.client.api_url + r["thumbnail_url"])
-                      for r in body["results"]], body["took_ms"])
+        def captured(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
-    def search_image(self, data: bytes, k: int) -> Found:
-        return self._found(self.client.search_image(data, k))
+        return Found([Result(r["id"], r["score"], r["filename"], self.client.api_url + r["thumbnail_url"],
+                             captured(r.get("captured_at")), tuple(r.get("collections") or ()))
+                      for r in body["results"]], body["took_ms"], body.get("next_offset"))
 
-    def search_text(self, text: str, k: int) -> Found:
-        return self._found(self.client.search_text(text, k))
+    @staticmethod
+    def _filters(query: Query) -> dict[str, Any]:
+        return {**query.filters, **({"offset": query.offset} if query.offset else {})}
 
-    def similar(self, image_id: str, k: int) -> Found:
-        return self._found(self.client.similar(image_id, k))
+    def search_image(self, data: bytes, k: int, query: Query = FIRST) -> Found:
+        return self._found(self.client.search_image(data, k, self._filters(query)))
 
-    def upload(self, files: Iterable[Path]) -> str:
+    def search_text(self, text: str, k: int, query: Query = FIRST) -> Found:
+        return self._found(self.client.search_text(text, k, self._filters(query)))
+
+    def similar(self, image_id: str, k: int, query: Query = FIRST) -> Found:
+        return self._found(self.client.similar(image_id, k, self._filters(query)))
+
+    def collections(self) -> list[str]:
+        return [str(c["name"]) for c in self.client.collections()]
+
+    def upload(self, files: Iterable[Path], collection: str | None = None) -> str:
         paths = list(files)
-        return upload_files(self.client, paths, label=_label(paths), chunk=UPLOAD_CHUNK)
+        return upload_files(self.client, paths, label=_label(paths), chunk=UPLOAD_CHUNK,
+                            collection=collection or None)
 
-    def ingest_folder(self, path: str, recursive: bool) -> str:
-        return self.client.ingest(path, recursive)
+    def ingest_folder(self, path: str, recursive: bool, collection: str | None = None) -> str:
+        return self.client.ingest(path, recursive, collection or None)
 
     def job(self, job_id: str) -> Job:
         return self.client.job(job_id)

@@ -7,11 +7,13 @@ Exceptions (defined in `shared.types`, re-exported here for backend authors):
     └── SchemaMismatch      the stored index was built by another model (name, pretrained weights or dimension)
 
 Backends translate their driver's errors into these at the boundary (`translate_errors`), so callers never
-import a driver. A backend module imports only this module and `shared.types` (settings only for typing).
+import a driver. A backend module imports only this module, `shared.types` and `shared.filters` (settings only
+for typing).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,10 +22,11 @@ from typing import Protocol
 
 import numpy as np
 
+from shared.filters import SearchFilter
 from shared.types import BackendError, BackendUnavailable, ModelInfo, SchemaMismatch
 
-__all__ = ["BackendError", "BackendUnavailable", "Hit", "ImageRecord", "SchemaMismatch", "VectorBackend",
-           "check_model", "translate_errors"]
+__all__ = ["BackendError", "BackendUnavailable", "Hit", "ImageRecord", "SchemaMismatch", "SearchFilter",
+           "VectorBackend", "check_model", "merge_labels", "translate_errors"]
 
 
 @contextmanager
@@ -61,7 +64,11 @@ def check_model(stored: ModelInfo | None, model: ModelInfo, *, index: str) -> No
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """Metadata kept beside each vector."""
+    """Metadata kept beside each vector (what filters select on, see `shared.filters.SearchFilter`).
+
+    The first eight fields are the first release's; the others were added later with empty defaults, and
+    an index made before them gains them at start-up (`ensure_schema`), empty for the images it holds.
+    """
 
     id: str
     filename: str
@@ -70,7 +77,34 @@ class ImageRecord:
     width: int
     height: int
     model: str
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # when it was indexed (UTC)
+    captured_at: datetime | None = None  # EXIF DateTimeOriginal (UTC; a time without offset is read as UTC)
+    camera_make: str = ""
+    camera_model: str = ""
+    latitude: float | None = None  # EXIF GPS, degrees (both or neither)
+    longitude: float | None = None
+    orientation: int = 1  # EXIF orientation 1-8 as found in the file (the vector is of the upright image)
+    path: str = ""  # folder ingests: the file's path relative to the ingest root ("" for uploads)
+    collections: tuple[str, ...] = ()  # albums, in the order they were added
+    tags: tuple[str, ...] = ()
+
+    @property
+    def has_gps(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
+
+    def with_labels(self, collections: Sequence[str], tags: Sequence[str]) -> ImageRecord:
+        return dataclasses.replace(self, collections=tuple(collections), tags=tuple(tags))
+
+
+def merge_labels(new: ImageRecord, stored: ImageRecord | None) -> ImageRecord:
+    """What an upsert of `new` stores when `stored` is there: the stored collections and tags with the new
+    ones added (upserts never drop labels), and the stored folder path when `new` has none (the same bytes
+    uploaded, or re-embedded from the store, keep the path they were ingested from)."""
+    if stored is None:
+        return new
+    merged = new.with_labels(tuple(dict.fromkeys([*stored.collections, *new.collections])),
+                             tuple(dict.fromkeys([*stored.tags, *new.tags])))
+    return merged if new.path else dataclasses.replace(merged, path=stored.path)
 
 
 @dataclass(frozen=True)
@@ -84,22 +118,28 @@ class Hit:
 
 
 class VectorBackend(Protocol):
-    """One collection of L2-normalised image vectors keyed by image id (SHA-256 hex)."""
+    """One collection of L2-normalised image vectors keyed by image id (SHA-256 hex), with each image's
+    metadata (`ImageRecord`) stored beside its vector so filters run inside the vector search."""
 
     name: str
 
     def ensure_schema(self, model: ModelInfo) -> None:
         """Create the collection and index for `model` if missing, recording its identity; idempotent.
+        An index made by an earlier release gains the metadata fields added since (no re-embedding).
 
         Raises SchemaMismatch (via `check_model`) if the collection holds vectors of another model: another
         name, pretrained weights or dimension.
         """
 
     def upsert(self, records: Sequence[ImageRecord], vectors: np.ndarray) -> None:
-        """Insert or replace `records[i]` with `vectors[i]` in one bulk operation; same id twice = one row."""
+        """Insert or replace `records[i]` with `vectors[i]` in one bulk operation; same id twice = one row.
+        The collections and tags already stored for an id are kept, the record's are added (`merge_labels`)."""
 
-    def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = ()) -> list[Hit]:
-        """The `k` nearest images by cosine similarity, best first, leaving out ids in `exclude`."""
+    def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = (),
+               where: SearchFilter | None = None) -> list[Hit]:
+        """The `k` nearest images by cosine similarity among those matching `where`, best first, leaving
+        out ids in `exclude`. The filter runs inside the index search (not on its top k afterwards), so a
+        filter that keeps 1% of the collection still returns k matches when there are k."""
 
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         """Records of the ids that exist (missing ids are simply absent)."""
@@ -107,11 +147,15 @@ class VectorBackend(Protocol):
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the ids that exist."""
 
+    def set_labels(self, labels: dict[str, tuple[Sequence[str], Sequence[str]]]) -> int:
+        """Replace the (collections, tags) of stored images, keyed by id, without touching their vectors;
+        returns how many of the ids exist (the others are ignored)."""
+
     def delete(self, ids: Sequence[str]) -> int:
         """Remove these ids; returns how many existed."""
 
-    def count(self) -> int:
-        """Number of stored vectors."""
+    def count(self, where: SearchFilter | None = None) -> int:
+        """Number of stored vectors (matching `where`)."""
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
         """Every record with its vector, in batches ordered by id (for migrations and audits)."""

@@ -4,11 +4,27 @@ One table of vectors with an HNSW cosine index. Bulk upserts go through a binary
 per-connection staging table followed by one `INSERT … ON CONFLICT`, so a batch of 1,000 vectors is
 two statements and one commit. Searches order by `embedding <=> query` so the planner uses the index.
 Every value reaches SQL as a bound parameter; identifiers are fixed constants.
+
+Metadata lives in columns beside the vector (NULL capture time / GPS when the file had none; collections
+and tags as `text[]` with GIN indexes). A filtered search adds a `WHERE` built from the constant fragments
+in `_CONDITIONS` and turns on pgvector's iterative index scans (`hnsw.iterative_scan = relaxed_order`):
+when the filter rejects the candidates of the first graph walk, the scan goes on walking (up to
+`hnsw.max_scan_tuples`) instead of returning fewer than k rows, so a filter keeping 1% of the rows still
+gets k matches. For filters the planner estimates as very selective (a small album), it may use the
+GIN / B-tree indexes and an exact sort instead, which is both exact and fast. A filter on collections or
+tags is first checked for any match through its GIN index, so an album or tag no image has answers at once
+instead of walking the graph up to `hnsw.max_scan_tuples` (20,000 by default: 180 ms at a million rows).
+Results are ordered by their exact score here (iterative scans in relaxed order may return them slightly
+out of order).
+
+A table made by the first release (without the metadata columns) gains them in `ensure_schema`:
+`ADD COLUMN` with constant defaults rewrites nothing, so it takes milliseconds on a million rows.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,6 +35,7 @@ from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.backends.base import Hit, ImageRecord, check_model, translate_errors
+from shared.filters import SearchFilter
 from shared.types import ModelInfo, SchemaMismatch
 
 if TYPE_CHECKING:
@@ -26,7 +43,44 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_COPY_TYPES = ["text", "vector", "text", "int8", "text", "int4", "int4", "text", "timestamptz"]
+_COLUMNS = ("id, filename, size_bytes, format, width, height, model, created_at, captured_at, camera_make, "
+            "camera_model, latitude, longitude, orientation, path, collections, tags")  # ImageRecord's order
+_COPY_TYPES = ["text", "vector", "text", "int8", "text", "int4", "int4", "text", "timestamptz", "timestamptz",
+               "text", "text", "float8", "float8", "int2", "text", "text[]", "text[]"]
+# Added after the first release (constant defaults: adding them rewrites nothing).
+_ADD_METADATA = ("ALTER TABLE proxima_images ADD COLUMN IF NOT EXISTS captured_at timestamptz, "
+                 "ADD COLUMN IF NOT EXISTS camera_make text NOT NULL DEFAULT '', "
+                 "ADD COLUMN IF NOT EXISTS camera_model text NOT NULL DEFAULT '', "
+                 "ADD COLUMN IF NOT EXISTS latitude double precision, "
+                 "ADD COLUMN IF NOT EXISTS longitude double precision, "
+                 "ADD COLUMN IF NOT EXISTS orientation smallint NOT NULL DEFAULT 1, "
+                 "ADD COLUMN IF NOT EXISTS path text NOT NULL DEFAULT '', "
+                 "ADD COLUMN IF NOT EXISTS collections text[] NOT NULL DEFAULT '{}', "
+                 "ADD COLUMN IF NOT EXISTS tags text[] NOT NULL DEFAULT '{}'")
+_GIN_FIELDS = {"collections", "tags_all", "tags_any"}  # filters an index answers at once (see search)
+_METADATA_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS proxima_images_collections ON proxima_images USING gin (collections)",
+    "CREATE INDEX IF NOT EXISTS proxima_images_tags ON proxima_images USING gin (tags)",
+    "CREATE INDEX IF NOT EXISTS proxima_images_captured_at ON proxima_images (captured_at)",
+)
+# One WHERE fragment per filter field; values are the named parameters `_filter_params` fills.
+_CONDITIONS = {
+    "captured_from": "captured_at >= %(captured_from)s",
+    "captured_to": "captured_at <= %(captured_to)s",
+    "ingested_from": "created_at >= %(ingested_from)s",
+    "ingested_to": "created_at <= %(ingested_to)s",
+    "formats": "format = ANY(%(formats)s)",
+    "min_width": "width >= %(min_width)s",
+    "min_height": "height >= %(min_height)s",
+    "cameras": "(camera_make = ANY(%(cameras)s) OR camera_model = ANY(%(cameras)s))",
+    "has_gps": "(latitude IS NOT NULL) = %(has_gps)s",
+    "bbox": "latitude BETWEEN %(south)s AND %(north)s AND longitude BETWEEN %(west)s AND %(east)s",
+    "collections": "collections && %(collections)s::text[]",
+    "tags_all": "tags @> %(tags_all)s::text[]",
+    "tags_any": "tags && %(tags_any)s::text[]",
+    "path_prefix": "path LIKE %(path_like)s",
+}
+_LIKE_SPECIAL = re.compile(r"[\\%_]")  # LIKE's wildcards and its escape character
 _LOCK_KEY = 0x70726F78  # advisory lock serialising schema changes across processes
 
 # Statement templates: placeholders are filled only with these constant fragments and int literals.
@@ -37,11 +91,10 @@ _CREATE_INDEX = _SQL("CREATE INDEX IF NOT EXISTS proxima_images_embedding_hnsw O
                      "USING hnsw ({column}) WITH (m = {m}, ef_construction = {ef})")
 _ORDER = {"vector": _SQL("embedding <=> %(q)s"),
           "halfvec": _SQL("embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})")}
-_SEARCH = _SQL("SELECT id, filename, size_bytes, format, width, height, model, created_at, "
-               "1 - (embedding <=> %(q)s) FROM proxima_images ORDER BY {order} LIMIT %(k)s")
-_SEARCH_RERANK = _SQL("SELECT id, filename, size_bytes, format, width, height, model, created_at, "
-                      "1 - (embedding <=> %(q)s) FROM (SELECT * FROM proxima_images ORDER BY {order} "
-                      "LIMIT %(n)s) AS candidates ORDER BY embedding <=> %(q)s LIMIT %(k)s")
+_SEARCH = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM proxima_images {where} "
+               "ORDER BY {order} LIMIT %(k)s")
+_SEARCH_RERANK = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM (SELECT * FROM proxima_images {where} "
+                      "ORDER BY {order} LIMIT %(n)s) AS candidates ORDER BY embedding <=> %(q)s LIMIT %(k)s")
 
 
 def embedded_database_url(settings: Settings) -> str:
@@ -150,6 +203,12 @@ class PgVectorBackend:
                 conn.execute(self._index_sql(model.dim))
             else:
                 self._adopt_stored_index(conn)
+            if not _has_metadata(conn):
+                if stored_dim is not None:
+                    log.info("adding the metadata columns to the existing pgvector table (no re-embedding)")
+                conn.execute(_ADD_METADATA)
+                for statement in _METADATA_INDEXES:
+                    conn.execute(statement)
             self._dim = model.dim
 
     def _index_sql(self, dim: int) -> psycopg.sql.Composed:
@@ -184,6 +243,7 @@ class PgVectorBackend:
             if dim is None:
                 raise SchemaMismatch("no proxima_images table to index: call ensure_schema first")
             conn.execute(self._index_sql(dim))
+            conn.execute("ANALYZE proxima_images")  # statistics for the planner's filtered-search plans
             conn.commit()
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
@@ -212,53 +272,73 @@ class PgVectorBackend:
             )
             with conn.cursor() as cur:
                 with cur.copy(
-                    "COPY proxima_staging (id, embedding, filename, size_bytes, format, width, height, "
-                    "model, created_at) FROM STDIN WITH (FORMAT BINARY)"
+                    "COPY proxima_staging (id, embedding, filename, size_bytes, format, width, height, model, "
+                    "created_at, captured_at, camera_make, camera_model, latitude, longitude, orientation, path, "
+                    "collections, tags) FROM STDIN WITH (FORMAT BINARY)"
                 ) as copy:
                     copy.set_types(_COPY_TYPES)
                     for rec, vec in zip(records, vectors, strict=True):
-                        copy.write_row((rec.id, vec, rec.filename, rec.size_bytes, rec.format,
-                                        rec.width, rec.height, rec.model, rec.created_at))
+                        copy.write_row((rec.id, vec, rec.filename, rec.size_bytes, rec.format, rec.width,
+                                        rec.height, rec.model, rec.created_at, rec.captured_at, rec.camera_make,
+                                        rec.camera_model, rec.latitude, rec.longitude, rec.orientation, rec.path,
+                                        list(rec.collections), list(rec.tags)))
+                # The last row of an id wins (DISTINCT ON keeps the first of each id in ctid order, reversed).
+                # Stored labels are kept and the new ones appended (see base.merge_labels), and so is a stored
+                # folder path when the new row has none.
                 cur.execute(
                     "INSERT INTO proxima_images "
-                    "SELECT DISTINCT ON (id) * FROM proxima_staging ORDER BY id "
+                    "SELECT DISTINCT ON (id) * FROM proxima_staging ORDER BY id, ctid DESC "
                     "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
                     "filename = EXCLUDED.filename, size_bytes = EXCLUDED.size_bytes, "
                     "format = EXCLUDED.format, width = EXCLUDED.width, height = EXCLUDED.height, "
-                    "model = EXCLUDED.model"
+                    "model = EXCLUDED.model, captured_at = EXCLUDED.captured_at, "
+                    "camera_make = EXCLUDED.camera_make, camera_model = EXCLUDED.camera_model, "
+                    "latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude, "
+                    "orientation = EXCLUDED.orientation, "
+                    "path = CASE WHEN EXCLUDED.path = '' THEN proxima_images.path ELSE EXCLUDED.path END, "
+                    "collections = ARRAY(SELECT x FROM unnest(proxima_images.collections || EXCLUDED.collections) "
+                    "WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n)), "
+                    "tags = ARRAY(SELECT x FROM unnest(proxima_images.tags || EXCLUDED.tags) "
+                    "WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n))"
                 )
 
-    def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = ()) -> list[Hit]:
+    def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = (),
+               where: SearchFilter | None = None) -> list[Hit]:
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
         limit = k + len(exclude)
         candidates = max(self.rerank, limit)
+        condition, params = _where(where)
         with self._connection() as conn, conn.transaction():
-            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)",
-                         (str(min(1000, max(self.ef_search, candidates))),))
-            rows = conn.execute(self._search_sql(conn), {"q": query, "k": limit, "n": candidates}).fetchall()
+            if where is not None and where.active().keys() & _GIN_FIELDS and not _one(
+                    conn, _SQL("SELECT EXISTS (SELECT 1 FROM proxima_images {where})").format(where=condition),
+                    params):
+                return []  # an album or tag no image has: the GIN index says so at once
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
+                         (str(min(1000, max(self.ef_search, candidates))),
+                          "off" if where is None or where.is_empty() else "relaxed_order"))
+            rows = conn.execute(self._search_sql(conn, condition),
+                                {**params, "q": query, "k": limit, "n": candidates}).fetchall()
         skip = set(exclude)
-        hits = [Hit(record=ImageRecord(*row[:8]), score=float(row[8])) for row in rows if row[0] not in skip]
-        # A halfvec index orders by half-precision distance; the scores are exact, so order by them.
-        hits.sort(key=lambda hit: -hit.score)
+        hits = [Hit(record=_record(row), score=float(row[-1])) for row in rows if row[0] not in skip]
+        # A halfvec index orders by half-precision distance and iterative scans in relaxed order; the scores
+        # are exact, so order by them (ties by id, so pages of one query never disagree).
+        hits.sort(key=lambda hit: (-hit.score, hit.id))
         return hits[:k]
 
-    def _search_sql(self, conn: psycopg.Connection) -> psycopg.sql.Composed:
+    def _search_sql(self, conn: psycopg.Connection, where: psycopg.sql.Composable) -> psycopg.sql.Composed:
         """Nearest first by the index's own distance; with `rerank`, candidates re-ordered exactly."""
         if self.index_type == "halfvec" and self._dim is None:
             self._dim = self._stored_dim(conn)
         order = _ORDER[self.index_type].format(dim=psycopg.sql.Literal(int(self._dim or 0)))
-        return (_SEARCH_RERANK if self.rerank else _SEARCH).format(order=order)
+        return (_SEARCH_RERANK if self.rerank else _SEARCH).format(columns=_SQL(_COLUMNS), where=where, order=order)
 
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         if not ids:
             return {}
         with self._connection() as conn:
-            rows = conn.execute(
-                "SELECT id, filename, size_bytes, format, width, height, model, created_at "
-                "FROM proxima_images WHERE id = ANY(%s)",
-                (list(ids),),
-            ).fetchall()
-        return {row[0]: ImageRecord(*row) for row in rows}
+            rows = conn.execute(_SQL("SELECT {columns} FROM proxima_images WHERE id = ANY(%s)")
+                                .format(columns=_SQL(_COLUMNS)), (list(ids),)).fetchall()
+        return {row[0]: _record(row) for row in rows}
 
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         if not ids:
@@ -269,6 +349,14 @@ class PgVectorBackend:
             ).fetchall()
         return {row[0]: np.asarray(_as_array(row[1]), dtype=np.float32) for row in rows}
 
+    def set_labels(self, labels: dict[str, tuple[Sequence[str], Sequence[str]]]) -> int:
+        if not labels:
+            return 0
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany("UPDATE proxima_images SET collections = %s, tags = %s WHERE id = %s",
+                            [(list(c), list(t), image_id) for image_id, (c, t) in labels.items()])
+            return cur.rowcount
+
     def delete(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
@@ -276,38 +364,65 @@ class PgVectorBackend:
             cur = conn.execute("DELETE FROM proxima_images WHERE id = ANY(%s)", (list(ids),))
             return cur.rowcount
 
-    def count(self) -> int:
+    def count(self, where: SearchFilter | None = None) -> int:
+        condition, params = _where(where)
         with self._connection() as conn:
             if not _table_exists(conn):
                 return 0
-            return int(_one(conn, "SELECT count(*) FROM proxima_images"))
+            row = conn.execute(_SQL("SELECT count(*) FROM proxima_images {where}").format(where=condition),
+                               params).fetchone()
+        return int(row[0]) if row else 0
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
         after = ""
+        statement = _SQL("SELECT {columns}, embedding FROM proxima_images WHERE id > %s ORDER BY id LIMIT %s") \
+            .format(columns=_SQL(_COLUMNS))
         while True:
             with self._connection() as conn:
                 if not _table_exists(conn):
                     return
-                rows = conn.execute(
-                    "SELECT id, filename, size_bytes, format, width, height, model, created_at, embedding "
-                    "FROM proxima_images WHERE id > %s ORDER BY id LIMIT %s",
-                    (after, batch_size),
-                ).fetchall()
+                rows = conn.execute(statement, (after, batch_size)).fetchall()
             if not rows:
                 return
-            yield [ImageRecord(*row[:8]) for row in rows], np.stack([_as_array(row[8]) for row in rows])
+            yield [_record(row) for row in rows], np.stack([_as_array(row[-1]) for row in rows])
             after = rows[-1][0]
 
 
-def _one(conn: psycopg.Connection, query: str) -> Any:
-    """The single value a constant one-row query returns."""
-    row = conn.execute(query).fetchone()
+def _record(row: Sequence[Any]) -> ImageRecord:
+    """An ImageRecord from a row that starts with `_COLUMNS`."""
+    return ImageRecord(*row[:15]).with_labels(row[15], row[16])
+
+
+def _where(where: SearchFilter | None) -> tuple[psycopg.sql.Composable, dict[str, Any]]:
+    """(`WHERE …` or nothing, its parameters): the `_CONDITIONS` fragments of the fields `where` sets."""
+    if where is None or where.is_empty():
+        return _SQL(""), {}
+    params: dict[str, Any] = {}
+    used = where.active()
+    for name, value in used.items():
+        if name == "bbox":
+            params.update(south=value.south, west=value.west, north=value.north, east=value.east)
+        elif name == "path_prefix":
+            params["path_like"] = _LIKE_SPECIAL.sub(r"\\\g<0>", value) + "%"
+        else:
+            params[name] = list(value) if isinstance(value, tuple) else value
+    return _SQL("WHERE ") + _SQL(" AND ").join(_SQL(_CONDITIONS[name]) for name in used), params
+
+def _one(conn: psycopg.Connection, query: str | psycopg.sql.Composed, params: dict[str, Any] | None = None) -> Any:
+    """The single value a one-row query returns."""
+    row = conn.execute(query, params).fetchone()
     assert row is not None, query
     return row[0]
 
 
 def _table_exists(conn: psycopg.Connection) -> bool:
     return _one(conn, "SELECT to_regclass('proxima_images')") is not None
+
+
+def _has_metadata(conn: psycopg.Connection) -> bool:
+    """Whether the table has the columns added after the first release (`tags` is the last of them)."""
+    return _one(conn, "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('proxima_images') "
+                      "AND attname = 'tags' AND NOT attisdropped") > 0
 
 
 def _translate_errors():

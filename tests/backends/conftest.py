@@ -17,7 +17,7 @@ import pytest
 from scripts.devservices import create_database
 from shared.backends import VectorBackend
 
-BACKENDS = ["pgvector", "pgvector_halfvec", "milvus", "manticore"]
+BACKENDS = ["pgvector", "pgvector_halfvec", "milvus", "milvus_server", "manticore"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -75,17 +75,28 @@ def pgvector_halfvec_factory(fresh_pg_url: str) -> Iterator[Factory]:
     factory.close()
 
 
-@pytest.fixture
-def milvus_factory(milvus_url: str) -> Iterator[Factory]:
-    factory = Factory(("milvus", {"uri": milvus_url, "collection": "t_" + uuid.uuid4().hex[:12]}))
+def _milvus_collection(uri: str) -> Iterator[Factory]:
+    """A fresh collection on the Milvus at `uri`, dropped afterwards."""
+    factory = Factory(("milvus", {"uri": uri, "collection": "t_" + uuid.uuid4().hex[:12]}))
     yield factory
-    collection = factory.spec[1]["collection"]
     factory.close()
     from pymilvus import MilvusClient
 
-    client = MilvusClient(milvus_url)
-    client.drop_collection(collection)
+    client = MilvusClient(uri)
+    client.drop_collection(factory.spec[1]["collection"])
     client.close()
+
+
+@pytest.fixture
+def milvus_factory(milvus_url: str) -> Iterator[Factory]:
+    """Milvus Lite (or the server MILVUS_URI names)."""
+    yield from _milvus_collection(milvus_url)
+
+
+@pytest.fixture
+def milvus_server_factory(milvus_server_url: str) -> Iterator[Factory]:
+    """A real Milvus standalone server (see `milvus_server_url`)."""
+    yield from _milvus_collection(milvus_server_url)
 
 
 @pytest.fixture

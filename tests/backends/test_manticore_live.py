@@ -17,6 +17,7 @@ import pytest
 
 from shared.backends import BackendError, SchemaMismatch
 from shared.backends.manticore import MAX_STATEMENT_BYTES, ManticoreBackend, doc_id, parse_url
+from shared.filters import BoundingBox, SearchFilter
 from shared.types import ModelInfo
 from tests.backends.data import clustered, records
 
@@ -166,3 +167,37 @@ def test_a_quantized_table_answers_with_exact_scores(manticore_url, table, quant
             assert hit.score == pytest.approx(float(exact[int(hit.id, 16)]), abs=1e-4)
     backend.close()
     reopened.close()
+
+
+def test_filters_compare_exactly_on_the_live_server(manticore_url, table):
+    """Strings byte for byte (the server's default collation, libc_ci, ignores case), coordinates as the
+    float64 they were (Manticore's float is 32-bit), path prefixes by code point with `%`/`_` literal."""
+    backend = ManticoreBackend.from_url(manticore_url, table=table)
+    backend.ensure_schema(MODEL)
+    edge = 40.3
+    rows = [
+        ("PNG", "Canon", "2024/Ñoño/a.jpg", edge), ("png", "canon", "2024/ñoño/b.jpg", np.nextafter(edge, 0)),
+        ("JPEG", "", "2024/Ñoño\U0010ffff/c.jpg", np.nextafter(edge, 90)), ("JPEG", "", "2024/Ñoñp/d.jpg", None),
+        ("JPEG", "", "c/_%/e.jpg", None), ("JPEG", "", "c/ab/f.jpg", None),
+    ]
+    recs = [dataclasses.replace(rec, format=fmt, camera_make=make, path=path, latitude=lat,
+                                longitude=None if lat is None else -3.7)
+            for rec, (fmt, make, path, lat) in zip(records(len(rows)), rows, strict=True)]
+    vectors = clustered(len(recs), 32)
+    backend.upsert(recs, vectors)
+    assert backend.get([r.id for r in recs]) == {r.id: r for r in recs}
+
+    def found(**fields) -> set[int]:
+        where = SearchFilter(**fields)
+        hits = {int(h.id, 16) for h in backend.search(vectors[0], 10, where=where)}
+        assert hits == {i for i, r in enumerate(recs) if where.matches(r)}
+        assert backend.count(where) == len(hits)
+        return hits
+
+    assert found(formats=("PNG",)) == {0}
+    assert found(cameras=("Canon",)) == {0}
+    assert found(path_prefix="2024/Ñoño") == {0, 2}
+    assert found(path_prefix="c/_%") == {4}
+    assert found(bbox=BoundingBox(edge, -4, 41, -3)) == {0, 2}  # the bound itself is in, one ulp below is out
+    assert found(bbox=BoundingBox(0, -4, edge, -3)) == {0, 1}
+    backend.close()

@@ -24,8 +24,18 @@ import pymysql
 import pytest
 
 from shared.backends import BackendError, BackendUnavailable, ImageRecord, SchemaMismatch, manticore
-from shared.backends.manticore import ManticoreBackend, doc_id, parse_url, parse_vector, vector_param
+from shared.backends.manticore import (
+    ManticoreBackend,
+    doc_id,
+    float_key,
+    key_float,
+    label_key,
+    parse_url,
+    parse_vector,
+    vector_param,
+)
 from shared.config import Settings
+from shared.filters import BoundingBox, SearchFilter
 from shared.types import ModelInfo
 from tests.backends.data import clustered, records
 
@@ -39,13 +49,36 @@ FLOAT = r"(?:\d+\.\d*(?:[eE][+-]?\d+)?|\d*\.\d+[eE][+-]?\d+|\d+[eE][+-]?\d+)"
 NUMBER = rf"-?(?:{FLOAT}|\d+)"
 VECTOR = rf"\({NUMBER}(?:,{NUMBER})*\)"
 QUOTED = r"'(?:[^'\\]|\\.)*'"
+MVA = r"\((?:\d+(?:,\d+)*)?\)"  # a multi64 value: (1,2,3) or ()
+# The metadata columns a row is read with, in ImageRecord order (the first eight are the first release's).
+RECORD = ("img_id, filename, size_bytes, format, width, height, model, created_at, captured_at, has_captured_at, "
+          "camera_make, camera_model, has_gps, latitude_key, longitude_key, orientation, path, collections, tags")
 
 
-def show_create(dim: int, similarity: str = "COSINE", table: str = "proxima_images") -> tuple[str, str]:
+
+
+def with_record(template: str) -> str:
+    return template.replace("{record}", RECORD)
+
+
+# The columns after `embedding` as SHOW CREATE TABLE prints them: the first release's, then the metadata added.
+FIRST_RELEASE_DDL = ("filename string attribute,\nsize_bytes bigint,\nformat string attribute,\nwidth integer,\n"
+                     "height integer,\nmodel string attribute,\ncreated_at bigint")
+ADDED = [("captured_at", "bigint"), ("has_captured_at", "bool"), ("camera_make", "string attribute"),
+         ("camera_model", "string attribute"), ("has_gps", "bool"), ("latitude_key", "bigint"),
+         ("longitude_key", "bigint"), ("orientation", "int"), ("path", "string attribute"),
+         ("collections", "string attribute"), ("tags", "string attribute"), ("collection_keys", "multi64"),
+         ("tag_keys", "multi64")]
+CURRENT_DDL = FIRST_RELEASE_DDL + "".join(f",\n{name} {kind.replace('int', 'integer') if kind == 'int' else kind}"
+                                          for name, kind in ADDED)
+
+
+def show_create(dim: int, similarity: str = "COSINE", table: str = "proxima_images",
+                columns: str = CURRENT_DDL) -> tuple[str, str]:
     """A SHOW CREATE TABLE answer shaped like Manticore's (Listing_tables.md; a clt test's output)."""
     return (table, f"CREATE TABLE {table} (\nid bigint,\nimg_id string attribute,\n"
                    f"embedding float_vector knn_type='hnsw' knn_dims='{dim}' hnsw_similarity='{similarity}' "
-                   f"hnsw_m='16' hnsw_ef_construction='200',\nfilename string attribute\n)")
+                   f"hnsw_m='16' hnsw_ef_construction='200',\n{columns}\n)")
 
 
 @functools.cache
@@ -160,9 +193,18 @@ def image(image_id: str, filename: str = "f.png") -> ImageRecord:
     return ImageRecord(id=image_id, filename=filename, size_bytes=1, format="PNG", width=1, height=1, model="m")
 
 
+def micros(moment: datetime) -> int:
+    return round((moment - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1_000_000)
+
+
 def record_row(rec: ImageRecord) -> tuple:
-    micros = (rec.created_at - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1_000_000
-    return (rec.id, rec.filename, rec.size_bytes, rec.format, rec.width, rec.height, rec.model, round(micros))
+    """The RECORD columns of a stored row as Manticore answers them."""
+    gps = rec.latitude is not None
+    return (rec.id, rec.filename, rec.size_bytes, rec.format, rec.width, rec.height, rec.model,
+            micros(rec.created_at), micros(rec.captured_at) if rec.captured_at else 0, int(bool(rec.captured_at)),
+            rec.camera_make, rec.camera_model, int(gps), float_key(rec.latitude) if gps else 0,
+            float_key(rec.longitude) if gps else 0, rec.orientation, rec.path,
+            json.dumps(list(rec.collections)), json.dumps(list(rec.tags)))
 
 
 # --- schema ----------------------------------------------------------------------------------------
@@ -182,7 +224,13 @@ def test_create_table_follows_the_knn_grammar(fake: Fake):
     assert types.pop("embedding").startswith("float_vector ")
     assert types == {"img_id": "string attribute", "filename": "string attribute", "size_bytes": "bigint",
                      "format": "string attribute", "width": "int", "height": "int",
-                     "model": "string attribute", "created_at": "bigint"}
+                     "model": "string attribute", "created_at": "bigint", "captured_at": "bigint",
+                     "has_captured_at": "bool", "camera_make": "string attribute",
+                     "camera_model": "string attribute", "has_gps": "bool", "latitude_key": "bigint",
+                     "longitude_key": "bigint", "orientation": "int", "path": "string attribute",
+                     "collections": "string attribute", "tags": "string attribute", "collection_keys": "multi64",
+                     "tag_keys": "multi64"}
+    assert fake.statements("ALTER") == []  # the table has every column
 
 
 def test_dimension_is_formatted_from_an_int(fake: Fake):
@@ -237,8 +285,7 @@ def test_search_uses_knn_and_passes_the_vector_as_a_parameter(fake: Fake):
     fake.backend.search(query, 10)
     [(sql, params)] = fake.log
     assert "<=>" not in sql and "knn(embedding, %s, %s, {ef=%s, early_termination=%s})" in sql
-    assert sql.startswith("SELECT id, img_id, filename, size_bytes, format, width, height, model, created_at, "
-                          "knn_dist() FROM proxima_images WHERE knn(")
+    assert sql.startswith(with_record("SELECT id, {record}, knn_dist() FROM proxima_images WHERE knn("))
     k, vector, ef, early_termination, limit, max_matches = params
     assert (k, limit, max_matches) == (10, 10, 10) and ef == 64 and early_termination == 0
     assert isinstance(vector, manticore.VectorParam) and vector.values.dtype == np.float32
@@ -251,8 +298,7 @@ def test_rendered_search_matches_the_manual_knn_grammar(fake: Fake):
     fake.backend.search(query, 5, exclude=["a" * 64])
     text = render(*fake.log[0])
     # Searching/KNN.md: select ... from <table> where knn ( <field>, <k>, <query vector> [,<options>] )
-    head = "SELECT id, img_id, filename, size_bytes, format, width, height, model, created_at, knn_dist() " \
-           "FROM proxima_images "
+    head = with_record("SELECT id, {record}, knn_dist() FROM proxima_images ")
     assert text.startswith(head)
     pattern = (rf"WHERE knn\(embedding, (\d+), ({VECTOR}), \{{ef=(\d+), early_termination=0\}}\) "
                r"LIMIT (\d+) OPTION max_matches=(\d+)")
@@ -310,18 +356,19 @@ def test_hostile_metadata_travels_only_as_escaped_parameters(fake: Fake):
     assert "DROP" not in sql and "'" not in sql.split("VALUES")[1]
     assert HOSTILE in params
     text = render(sql, params)
-    head = "REPLACE INTO proxima_images (id, embedding, img_id, filename, size_bytes, format, width, height, model, " \
-           "created_at) VALUES "
+    head = with_record("REPLACE INTO proxima_images (id, embedding, {record}, collection_keys, tag_keys) VALUES ")
     assert text.startswith(head)
     # Updating_documents/REPLACE.md: VALUES (value1, value2, ...) [, (...)]; Manticore's lexer splits the tuple
-    value = rf"(?:{NUMBER}|{VECTOR}|{QUOTED})"
+    value = rf"(?:{NUMBER}|{VECTOR}|{QUOTED}|{MVA})"
     row = re.fullmatch(rf"\(({value}(?:, {value})*)\)", text[len(head):])
     assert row, text
     tokens = re.findall(value, row.group(1))
-    assert len(tokens) == 10
-    assert [unescape(t) for t in tokens if t.startswith("'")] == ["ab" * 32, HOSTILE, "JPEG'--", "m\\'"]
+    assert len(tokens) == 23
+    assert [unescape(t) for t in tokens if t.startswith("'")] == ["ab" * 32, HOSTILE, "JPEG'--", "m\\'", "", "",
+                                                                  "", "[]", "[]"]
     assert int(tokens[0]) == doc_id(rec.id)
-    assert int(tokens[-1]) == 1767323045123456  # created_at in microseconds since the epoch
+    assert int(tokens[9]) == 1767323045123456  # created_at in microseconds since the epoch
+    assert tokens[-2:] == ["()", "()"]  # no collections, no tags
 
 
 def test_upsert_splits_batches_and_keeps_the_last_duplicate(monkeypatch: pytest.MonkeyPatch):
@@ -331,21 +378,21 @@ def test_upsert_splits_batches_and_keeps_the_last_duplicate(monkeypatch: pytest.
     first = ImageRecord(**{**vars(recs[0]), "filename": "first.jpg"})
     fake.backend.upsert([first, *recs], np.vstack([vectors[-1:], vectors]))
     replaces = fake.statements("REPLACE INTO")
-    assert [len(params) // 10 for _, params in replaces] == [500, 500, 200]
+    assert [len(params) // 23 for _, params in replaces] == [500, 500, 200]
     for sql, params in replaces:
         assert sql.count("%s") == len(params)
     params = replaces[0][1]
     assert params[3] == recs[0].filename  # the later copy of the duplicate id won
     assert np.allclose(params[1].values, vectors[0])
     # each chunk first reads which images hold its document ids (collision check)
-    checks = fake.statements("SELECT id, img_id FROM proxima_images WHERE id IN")
+    checks = fake.statements("SELECT id, img_id, collections, tags FROM proxima_images WHERE id IN")
     assert [len(p[0]) for _, p in checks] == [500, 500, 200]
 
 
 def test_upsert_refuses_to_overwrite_a_colliding_image(fake: Fake, colliding: Callable[[str], int]):
     with pytest.raises(BackendError, match="collide"):
         fake.backend.upsert([image(A_ID), image(B_ID)], np.ones((2, 4)))
-    fake.rules["SELECT id, img_id"] = [(colliding(B_ID), B_ID)]
+    fake.rules["SELECT id, img_id"] = [(colliding(B_ID), B_ID, "[]", "[]")]
     with pytest.raises(BackendError, match="refusing to overwrite"):
         fake.backend.upsert([image(A_ID)], np.ones((1, 4)))
     assert fake.statements("REPLACE") == []
@@ -396,8 +443,7 @@ def test_get_sends_ids_as_parameters(fake: Fake):
     fake.rules["SELECT id, img_id"] = [(doc_id(r.id), *record_row(r)) for r in recs]
     assert fake.backend.get([r.id for r in recs] + ["not hex"]) == {r.id: r for r in recs}
     [(sql, params)] = fake.log
-    assert sql == ("SELECT id, img_id, filename, size_bytes, format, width, height, model, created_at "
-                   "FROM proxima_images WHERE id IN %s LIMIT %s OPTION max_matches=%s")
+    assert sql == with_record("SELECT id, {record} FROM proxima_images WHERE id IN %s LIMIT %s OPTION max_matches=%s")
     ids = tuple(sorted(doc_id(r.id) for r in recs))
     assert params == (ids, 2, 2)
     assert render(sql, params).endswith(f"WHERE id IN ({ids[0]},{ids[1]}) LIMIT 2 OPTION max_matches=2")
@@ -430,12 +476,14 @@ def test_created_at_round_trips_in_microseconds(fake: Fake):
     when = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
     rec = ImageRecord(**{**vars(records(1)[0]), "created_at": when})
     fake.backend.upsert([rec], np.ones((1, 4)))
-    micros = fake.statements("REPLACE")[0][1][9]
-    fake.rules["SELECT id, img_id"] = [(doc_id(rec.id), *record_row(rec)[:-1], micros)]
+    stored_micros = fake.statements("REPLACE")[0][1][9]
+    stored = list(record_row(rec))
+    stored[7] = stored_micros
+    fake.rules["SELECT id, img_id, filename"] = [(doc_id(rec.id), *stored)]
     assert fake.backend.get([rec.id])[rec.id] == rec
     naive = ImageRecord(**{**vars(rec), "created_at": when.replace(tzinfo=None)})
     fake.backend.upsert([naive], np.ones((1, 4)))
-    assert fake.statements("REPLACE")[1][1][9] == micros  # naive datetimes are UTC
+    assert fake.statements("REPLACE")[1][1][9] == stored_micros  # naive datetimes are UTC
 
 
 def test_delete_counts_first_and_deletes_only_stored_rows(fake: Fake):
@@ -592,8 +640,8 @@ def test_scan_pages_by_document_id(fake: Fake):
     assert [r for recs_, _ in batches for r in recs_] == [by_id[row[1]] for row in stored]
     assert batches[0][1].shape == (2, 2) and batches[0][1].dtype == np.float32
     scans = fake.statements("SELECT id, img_id")
-    assert scans[0][0] == ("SELECT id, img_id, filename, size_bytes, format, width, height, model, created_at, "
-                           "embedding FROM proxima_images WHERE id > %s ORDER BY id ASC LIMIT %s OPTION max_matches=%s")
+    assert scans[0][0] == with_record("SELECT id, {record}, embedding FROM proxima_images WHERE id > %s "
+                                      "ORDER BY id ASC LIMIT %s OPTION max_matches=%s")
     assert [p for _, p in scans] == [(0, 2, 2), (stored[1][0], 2, 2), (stored[3][0], 2, 2), (stored[4][0], 2, 2)]
 
 
@@ -609,3 +657,178 @@ def test_from_settings_uses_table_and_tuning_settings():
     assert (backend.table, backend.meta_table, backend.ef_search, backend.hnsw_m) == (
         "e2e_1234abcd", "e2e_1234abcd_meta", 300, 24)
     assert ManticoreBackend().meta_table == "proxima_meta"
+
+
+# --- metadata, filters, labels and migration --------------------------------------------------------
+
+
+def test_float_keys_are_exact_and_keep_the_order():
+    values = [-180.0, -90.0, -33.856784, -1e-300, -0.0, 0.0, 5e-324, 1e-9, 40.3, 40.30000000000001, 151.215297,
+              180.0]
+    keys = [float_key(v) for v in values]
+    assert [key_float(k) for k in keys] == values  # -0.0 == 0.0
+    assert keys == sorted(keys) and float_key(-0.0) == float_key(0.0) == 0
+    assert len(set(keys)) == len(values) - 1
+    assert all(-(2**63) < k < 2**63 for k in keys)
+    rng = np.random.default_rng(0)
+    sample = sorted(rng.uniform(-200, 200, 2000).tolist())
+    assert [float_key(v) for v in sample] == sorted(float_key(v) for v in sample)
+    assert all(key_float(float_key(v)) == v for v in sample)
+
+
+def test_label_keys_are_63_bit_and_pinned():
+    assert label_key("beach") == label_key("beach") != label_key("Beach")
+    assert 0 <= label_key("sunset 🌅") < 2**63
+    assert label_key("") == 7252660547403494068  # pinned: stored keys must never change
+
+
+FILTER_SQL = [
+    (SearchFilter(captured_from=datetime(2022, 1, 1, tzinfo=UTC)),
+     ["has_captured_at = 1", "captured_at >= %s"], [1640995200000000]),
+    (SearchFilter(captured_to=datetime(2022, 1, 1, tzinfo=UTC)), ["has_captured_at = 1", "captured_at <= %s"],
+     [1640995200000000]),
+    (SearchFilter(ingested_from=datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC),
+                  ingested_to=datetime(1970, 1, 2, tzinfo=UTC)),
+     ["created_at >= %s", "created_at <= %s"], [1_000_000, 86_400_000_000]),
+    (SearchFilter(formats=("PNG", "HEIF")), ["format IN %s"], [("PNG", "HEIF")]),
+    (SearchFilter(min_width=10, min_height=20), ["width >= %s", "height >= %s"], [10, 20]),
+    (SearchFilter(cameras=("Canon",)), ["(camera_make IN %s OR camera_model IN %s)"], [("Canon",), ("Canon",)]),
+    (SearchFilter(has_gps=False), ["has_gps = %s"], [0]),
+    (SearchFilter(bbox=BoundingBox(-1.5, 2, 3, 4)),
+     ["has_gps = 1", "latitude_key >= %s", "latitude_key <= %s", "longitude_key >= %s", "longitude_key <= %s"],
+     [float_key(-1.5), float_key(3), float_key(2), float_key(4)]),
+    (SearchFilter(collections=("a", "b")), ["ANY(collection_keys) IN %s"], [(label_key("a"), label_key("b"))]),
+    (SearchFilter(tags_all=("a", "b")), ["ANY(tag_keys) = %s", "ANY(tag_keys) = %s"], [label_key("a"), label_key("b")]),
+    (SearchFilter(tags_any=("a",)), ["ANY(tag_keys) IN %s"], [(label_key("a"),)]),
+    (SearchFilter(path_prefix="c/_%"), ["path >= %s", "path < %s"], ["c/_%", "c/_&"]),
+    (SearchFilter(), [], []),
+]
+
+
+@pytest.mark.parametrize(("where", "conditions", "values"), FILTER_SQL)
+def test_each_filter_field_becomes_conditions_with_bound_values(where: SearchFilter, conditions: list[str],
+                                                                values: list[Any]):
+    assert manticore._conditions(where) == (conditions, values)
+
+
+def test_the_path_prefix_range_ends_at_the_next_string():
+    after = manticore._after_prefix
+    assert after("c/4") == "c/5" and after("2024/Ñoño") == "2024/Ñoñp"
+    assert after("a\U0010ffff") == "b" and after("\U0010ffff") is None
+    assert after("x\ud7ff") == "x\ue000"  # no surrogates
+    for prefix in ["c/4", "é", "a\U0010ffff"]:
+        upper = after(prefix)
+        for path in [prefix, prefix + "\U0010ffff/x", prefix + "\x00"]:
+            assert prefix <= path < upper and prefix.encode() <= path.encode() < upper.encode()
+
+
+def test_a_filtered_search_counts_first_and_is_exact_when_few_match(fake: Fake):
+    where = SearchFilter(formats=("PNG",), cameras=(HOSTILE,))
+    fake.rules["SELECT COUNT(*)"] = [(0,)]
+    assert fake.backend.search(np.ones(8), 5, where=where) == []  # nothing matches: no vector search
+    [(sql, params)] = fake.log
+    assert sql == "SELECT COUNT(*) FROM proxima_images WHERE format IN %s AND (camera_make IN %s OR camera_model IN %s)"
+    assert params == [("PNG",), (HOSTILE,), (HOSTILE,)]
+    fake.log.clear()
+    fake.rules["SELECT COUNT(*)"] = [(42,)]
+    fake.backend.search(np.ones(8), 5, where=where)
+    sql, params = fake.log[-1]
+    assert "knn(embedding, %s, %s, {ef=%s, early_termination=%s, fullscan=1}) AND format IN %s AND (" in sql
+    text = render(sql, params)
+    assert "DROP" not in sql and re.search(r"fullscan=1\}\) AND format IN \('PNG'\) AND \(camera_make IN \('x", text)
+    assert text.endswith("LIMIT 5 OPTION max_matches=5")
+
+
+def test_a_filtered_search_of_many_matches_walks_the_graph_with_a_larger_ef(fake: Fake):
+    where = SearchFilter(collections=("half",))
+
+    def counts(sql: str, params: Any) -> list[tuple]:
+        return [(20_000,)] if "WHERE" in sql else [(1_000_000,)]
+
+    fake.rules["SELECT COUNT(*)"] = counts
+    fake.backend.search(np.ones(8), 10, where=where)
+    sql, params = fake.log[-1]
+    assert "{ef=%s, early_termination=%s, prefilter=1}) AND ANY(collection_keys) IN %s LIMIT" in sql
+    assert params[2] == 2 * 10 * 1_000_000 // 20_000  # ef: 2·limit / share of matching rows
+    assert params[4] == (label_key("half"),)
+
+
+def test_count_with_a_filter(fake: Fake):
+    fake.rules["SHOW TABLES LIKE"] = [("proxima_images", "rt")]
+    fake.rules["SELECT COUNT(*)"] = [(3,)]
+    assert fake.backend.count(SearchFilter(has_gps=True)) == 3
+    assert fake.log[-1] == ("SELECT COUNT(*) FROM proxima_images WHERE has_gps = %s", [1])
+
+
+def test_every_field_is_written_and_read_back(fake: Fake):
+    rec = ImageRecord(id="c" * 64, filename="f.jpg", size_bytes=5, format="JPEG", width=3, height=4, model="m",
+                      created_at=datetime(2026, 1, 2, tzinfo=UTC), captured_at=datetime(1999, 12, 31, 23, tzinfo=UTC),
+                      camera_make="Canon", camera_model="EOS", latitude=-33.856784, longitude=151.215297,
+                      orientation=6, path="a/ñ.jpg", collections=("Viaje", "Família"), tags=("sunset 🌅",))
+    fake.backend.upsert([rec], np.ones((1, 4)))
+    [(sql, params)] = fake.statements("REPLACE")
+    assert params[10:] == [micros(rec.captured_at), 1, "Canon", "EOS", 1, float_key(-33.856784),
+                           float_key(151.215297), 6, "a/ñ.jpg", '["Viaje", "Família"]', '["sunset 🌅"]',
+                           (label_key("Viaje"), label_key("Família")), (label_key("sunset 🌅"),)]
+    fake.rules["SELECT id, img_id, filename"] = [(doc_id(rec.id), *record_row(rec))]
+    assert fake.backend.get([rec.id]) == {rec.id: rec}
+    bare = image(rec.id)
+    old = (doc_id(rec.id), *record_row(bare)[:8], 0, 0, "", "", 0, 0, 0, 0, "", "", "")
+    fake.rules["SELECT id, img_id, filename"] = [old]  # a row from before the metadata columns: all empty
+    assert fake.backend.get([rec.id]) == {rec.id: bare}
+
+
+def test_upsert_keeps_the_stored_labels(fake: Fake):
+    rec = image("d" * 64).with_labels(["new", "both"], ["t"])
+    fake.rules["SELECT id, img_id, collections, tags"] = [(doc_id(rec.id), rec.id, '["old", "both"]', '["t"]')]
+    fake.backend.upsert([rec], np.ones((1, 4)))
+    params = fake.statements("REPLACE")[0][1]
+    assert params[19:] == ['["old", "both", "new"]', '["t"]', tuple(label_key(n) for n in ("old", "both", "new")),
+                           (label_key("t"),)]
+
+
+def test_set_labels_updates_only_stored_images(fake: Fake):
+    stored = "e" * 64
+    fake.rules["SELECT id, img_id FROM"] = [(doc_id(stored), stored)]
+    assert fake.backend.set_labels({stored: (["a"], []), "f" * 64: (["b"], ["c"]), "junk": ([], [])}) == 1
+    [(sql, params)] = fake.statements("UPDATE")
+    assert sql == ("UPDATE proxima_images SET collections = %s, tags = %s, collection_keys = %s, tag_keys = %s "
+                   "WHERE id = %s")
+    assert params == ('["a"]', "[]", (label_key("a"),), (), doc_id(stored))
+    assert render(sql, params).endswith(f"collection_keys = ({label_key('a')}), tag_keys = () WHERE id = "
+                                        f"{doc_id(stored)}")
+
+
+def test_a_first_release_table_gains_the_new_columns(fake: Fake):
+    fake.rules["SHOW CREATE TABLE"] = [show_create(64, columns=FIRST_RELEASE_DDL)]
+    fake.backend.ensure_schema(MODEL)
+    alters = [sql for sql, params in fake.statements("ALTER") if params is None]
+    assert alters == [f"ALTER TABLE proxima_images ADD COLUMN {name} {kind}" for name, kind in ADDED]
+    fake.log.clear()
+    half = FIRST_RELEASE_DDL + "".join(f",\n{name} {kind}" for name, kind in ADDED[:5])  # an interrupted upgrade
+    fake.rules["SHOW CREATE TABLE"] = [show_create(64, columns=half)]
+    fake.backend.ensure_schema(MODEL)
+    added = [sql.split("ADD COLUMN ")[1].split()[0] for sql, _ in fake.statements("ALTER")]
+    assert added == [name for name, _ in ADDED[5:]]
+
+
+def test_a_column_another_process_added_meanwhile_is_no_error(fake: Fake):
+    answers = [show_create(64, columns=FIRST_RELEASE_DDL)]  # then the table as the other process left it
+    fake.rules["SHOW CREATE TABLE"] = lambda sql, params: [answers.pop(0) if answers else show_create(64)]
+
+    def alter(sql: str, params: Any) -> list[tuple]:
+        raise pymysql.err.ProgrammingError(1064, "table proxima_images: 'captured_at' attribute already in schema")
+
+    fake.rules["ALTER"] = alter
+    fake.backend.ensure_schema(MODEL)
+    assert len(fake.statements("ALTER")) == len(ADDED)
+    fake.rules["SHOW CREATE TABLE"] = [show_create(64, columns=FIRST_RELEASE_DDL)]
+    with pytest.raises(BackendError, match="already in schema"):  # still missing: the error was real
+        fake.backend.ensure_schema(MODEL)
+
+
+def test_connections_compare_strings_byte_for_byte(monkeypatch: pytest.MonkeyPatch):
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(manticore.pymysql, "connect", lambda **kwargs: seen.update(kwargs))
+    ManticoreBackend()._connect()
+    assert seen["init_command"] == "SET collation_connection = binary" and seen["autocommit"] is True
