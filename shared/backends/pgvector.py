@@ -11,9 +11,10 @@ in `_CONDITIONS` and turns on pgvector's iterative index scans (`hnsw.iterative_
 when the filter rejects the candidates of the first graph walk, the scan goes on walking (up to
 `hnsw.max_scan_tuples`) instead of returning fewer than k rows, so a filter keeping 1% of the rows still
 gets k matches. For filters the planner estimates as very selective (a small album), it may use the
-GIN / B-tree indexes and an exact sort instead, which is both exact and fast. A filter on collections or
-tags is first checked for any match through its GIN index, so an album or tag no image has answers at once
-instead of walking the graph up to `hnsw.max_scan_tuples` (20,000 by default: 180 ms at a million rows).
+GIN / B-tree indexes and an exact sort instead, which is both exact and fast. A filter naming a collection or
+tag that is not among the common ones (PostgreSQL's statistics) is first checked for any match through its
+GIN index, so an album or tag no image has answers at once instead of walking the graph up to
+`hnsw.max_scan_tuples` (20,000 tuples by default: half a second at a million rows here).
 Results are ordered by their exact score here (iterative scans in relaxed order may return them slightly
 out of order).
 
@@ -24,7 +25,9 @@ A table made by the first release (without the metadata columns) gains them in `
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -57,7 +60,6 @@ _ADD_METADATA = ("ALTER TABLE proxima_images ADD COLUMN IF NOT EXISTS captured_a
                  "ADD COLUMN IF NOT EXISTS path text NOT NULL DEFAULT '', "
                  "ADD COLUMN IF NOT EXISTS collections text[] NOT NULL DEFAULT '{}', "
                  "ADD COLUMN IF NOT EXISTS tags text[] NOT NULL DEFAULT '{}'")
-_GIN_FIELDS = {"collections", "tags_all", "tags_any"}  # filters an index answers at once (see search)
 _METADATA_INDEXES = (
     "CREATE INDEX IF NOT EXISTS proxima_images_collections ON proxima_images USING gin (collections)",
     "CREATE INDEX IF NOT EXISTS proxima_images_tags ON proxima_images USING gin (tags)",
@@ -123,6 +125,8 @@ class PgVectorBackend:
         self.index_type = index_type
         self.rerank = rerank
         self._dim: int | None = None
+        self._common: set[str] = set()  # collections and tags common enough to skip the empty-match probe
+        self._common_read = -math.inf
         self._timeout = connect_timeout
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
@@ -309,10 +313,9 @@ class PgVectorBackend:
         candidates = max(self.rerank, limit)
         condition, params = _where(where)
         with self._connection() as conn, conn.transaction():
-            if where is not None and where.active().keys() & _GIN_FIELDS and not _one(
-                    conn, _SQL("SELECT EXISTS (SELECT 1 FROM proxima_images {where})").format(where=condition),
-                    params):
-                return []  # an album or tag no image has: the GIN index says so at once
+            if where is not None and self._may_match_nothing(conn, where) and not self._any_match(conn, condition,
+                                                                                                   params):
+                return []  # an album or tag no image has: its GIN index says so at once
             conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
                          (str(min(1000, max(self.ef_search, candidates))),
                           "off" if where is None or where.is_empty() else "relaxed_order"))
@@ -324,6 +327,29 @@ class PgVectorBackend:
         # are exact, so order by them (ties by id, so pages of one query never disagree).
         hits.sort(key=lambda hit: (-hit.score, hit.id))
         return hits[:k]
+
+    def _may_match_nothing(self, conn: psycopg.Connection, where: SearchFilter) -> bool:
+        """Whether `where` names a collection or tag that is not among the common ones PostgreSQL's statistics
+        list (`most_common_elems`, read at most once a minute): only then is a probe worth it, and cheap."""
+        names = {*where.collections, *where.tags_all, *where.tags_any}
+        if not names:
+            return False
+        if time.monotonic() - self._common_read > 60:
+            rows = conn.execute("SELECT most_common_elems::text::text[] FROM pg_stats WHERE tablename = "
+                                "'proxima_images' AND attname IN ('collections', 'tags')").fetchall()
+            self._common = {name for row in rows for name in row[0] or ()}
+            self._common_read = time.monotonic()
+        return not names <= self._common
+
+    @staticmethod
+    def _any_match(conn: psycopg.Connection, condition: psycopg.sql.Composable, params: dict[str, Any]) -> bool:
+        """Whether any row matches, through the GIN indexes: for a rare or unknown name the planner would
+        rather scan the table for a first match (a second at a million rows when there is none)."""
+        conn.execute("SELECT set_config('enable_seqscan', 'off', true)")
+        found = _one(conn, _SQL("SELECT EXISTS (SELECT 1 FROM proxima_images {where})").format(where=condition),
+                     params)
+        conn.execute("SELECT set_config('enable_seqscan', 'on', true)")
+        return bool(found)
 
     def _search_sql(self, conn: psycopg.Connection, where: psycopg.sql.Composable) -> psycopg.sql.Composed:
         """Nearest first by the index's own distance; with `rerank`, candidates re-ordered exactly."""
