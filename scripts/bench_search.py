@@ -14,8 +14,9 @@ measures p50/p99 and recall@10 against exact filtered search for `collection = s
 of a filter that matches nothing; they are added to the JSON as "filtered": {S: {...}} and "no_match_ms".
 
 pgvector runs on a private embedded PostgreSQL unless `--database-url` is given; milvus on a private
-Milvus Lite server unless `--milvus-uri`; manticore on a private searchd (MANTICORE_SEARCHD, MANTICORE_TARBALL
-or PATH, as in `make test`) unless `--manticore-url`, merged into `--chunks` disk chunks after loading.
+Milvus Lite server unless `--milvus-uri` (or `--milvus-server`: the `milvus` package's standalone server);
+manticore on a private searchd (MANTICORE_SEARCHD, MANTICORE_TARBALL or PATH, as in `make test`) unless
+`--manticore-url`, merged into `--chunks` disk chunks after loading.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from scripts.devservices import (  # noqa: E402
     searchd_from_environment,
     start_manticore,
     start_milvus_lite,
+    start_milvus_server,
     stop,
+    stop_group,
 )
 from scripts.synthetic import clustered  # noqa: E402
 from shared.backends import ImageRecord, VectorBackend  # noqa: E402
@@ -154,7 +157,10 @@ def open_backend(args: argparse.Namespace, work: Path, cleanups: list) -> tuple[
         from shared.backends.milvus import MilvusBackend
 
         uri = args.milvus_uri
-        if not uri:
+        if not uri and args.milvus_server:
+            server, uri = start_milvus_server(work / "milvus-server")
+            cleanups.append(lambda: stop_group(server))
+        elif not uri:
             proc, uri = start_milvus_lite(work / "milvus")
             cleanups.append(lambda: stop(proc))
         params = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
@@ -250,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--early-termination", action="store_true", help="manticore: stop the walk once results settle")
     p.add_argument("--database-url")
     p.add_argument("--milvus-uri")
+    p.add_argument("--milvus-server", action="store_true",
+                   help="milvus: start the standalone server of the `milvus` package (2.3) instead of Milvus Lite")
     p.add_argument("--manticore-url")
     p.add_argument("--filter-selectivity", type=selectivities, default=[],
                    help="also measure filtered search keeping these shares of the vectors, e.g. 0.01,0.1,0.5")

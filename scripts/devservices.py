@@ -264,7 +264,7 @@ def start_milvus_server(data_dir: Path, port: int | None = None, *,
     etcd, data and logs in `data_dir`). Every port it binds is a free one, the embedded etcd's too (through
     an etcd config file; its defaults 2379/2380 would clash with a second server). The wrapper starts the
     real server as its child, so it runs in a session of its own: stop it with `stop_group`."""
-    from pymilvus import MilvusClient
+    from shared.backends.milvus import connect as milvus_connect
 
     exe = Path(sys.executable).with_name("milvus-server")
     if not exe.exists():
@@ -296,7 +296,7 @@ def start_milvus_server(data_dir: Path, port: int | None = None, *,
             raise GaveUp(f"milvus-server exited with {proc.returncode}:\n{tail}")
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             pass
-        client = MilvusClient(url, timeout=5)
+        client = milvus_connect(url, timeout=5)
         try:
             client.list_collections()
         finally:

@@ -105,7 +105,7 @@ def milvus_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         return
     proc, url = start_milvus_server(tmp_path_factory.mktemp("milvus-server"))
     yield url
-    stop_group(proc)
+    stop_group(proc, timeout=5)  # its graceful shutdown takes half a minute; the data is thrown away
 
 
 @pytest.fixture(scope="session")

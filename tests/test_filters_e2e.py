@@ -52,10 +52,11 @@ def client(backend_client):
 @pytest.fixture(scope="module")
 def library(client):
     """Three EXIF photos uploaded into TRIP, two plain images outside any collection; {name: id}."""
-    trip = [("madrid.jpg", exif_jpeg(0)), ("sydney.jpg", exif_jpeg(1, when="2023:12:24 20:00:00", offset=None,
+    # photos 6-8: test_pipeline_e2e (same stacks) uploads 0-5 and looks for copies of them
+    trip = [("madrid.jpg", exif_jpeg(6)), ("sydney.jpg", exif_jpeg(7, when="2023:12:24 20:00:00", offset=None,
                                                                      make="Apple", model="iPhone 13",
                                                                      gps=(-33.8568, 151.2153))),
-            ("nogps.jpg", exif_jpeg(2, gps=None, when="2019:07:14 09:00:00", offset="-05:00"))]
+            ("nogps.jpg", exif_jpeg(8, gps=None, when="2019:07:14 09:00:00", offset="-05:00"))]
     plain = [("plain1.jpg", jpeg(901)), ("plain2.jpg", jpeg(902))]
     first = client.post("/images", files=[("files", f) for f in trip], data={"collection": TRIP})
     second = client.post("/images", files=[("files", f) for f in plain])

@@ -298,7 +298,7 @@ def test_remote_service_maps_api_errors(api):
     assert first.results[0].image.startswith(f"{api.url}/images/") and first.next_offset == 2
     second = remote.search_text("shapes", 2, Query(offset=first.next_offset))
     assert len(second.results) == 2 and not {r.id for r in first.results} & {r.id for r in second.results}
-    assert remote.similar(first.results[0].id, 3, Query({"format": ["PNG"]})).results == []  # all are JPEGs
+    assert remote.similar(first.results[0].id, 3, Query({"collection": ["no such album"]})).results == []
     assert isinstance(remote.collections(), list)
     assert remote.status()["backend"] == "pgvector"
 

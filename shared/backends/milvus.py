@@ -87,6 +87,15 @@ _PREVIOUS_SUFFIX = "__previous"  # the first-release collection once the copy ha
 _FILTERED_EF_FACTOR = 2  # filtered searches explore this many times the usual candidates (at least 8 per result)
 
 
+def connect(uri: str, *, token: str = "", timeout: float = 30.0) -> Any:
+    """A pymilvus `MilvusClient` with our gRPC keepalive settings. Every client of one address shares a gRPC
+    channel, so one made without them (pinging every few seconds) gets the channel closed by Milvus Lite
+    ("Too many pings") for the others too: tests and scripts connect through here as well."""
+    from pymilvus import MilvusClient
+
+    return MilvusClient(uri, token=token, timeout=timeout, grpc_options=_GRPC_OPTIONS)
+
+
 class MilvusBackend:
     name = "milvus"
 
@@ -98,7 +107,7 @@ class MilvusBackend:
         self.collection = collection
         self.ef_search = ef_search
         self._hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}  # index build parameters
-        self._connect_args = {"token": token, "timeout": timeout, "grpc_options": _GRPC_OPTIONS}
+        self._token, self._timeout = token, timeout
         self._client: Any = None
         self._lock = threading.Lock()
         self._collection_seen = False  # once it exists, reads skip the has_collection round trip
@@ -116,9 +125,7 @@ class MilvusBackend:
         with _translate_errors():
             with self._lock:
                 if self._client is None:
-                    from pymilvus import MilvusClient
-
-                    self._client = MilvusClient(self.uri, **self._connect_args)
+                    self._client = connect(self.uri, token=self._token, timeout=self._timeout)
                 client = self._client
             yield client
 

@@ -80,9 +80,9 @@ def _milvus_collection(uri: str) -> Iterator[Factory]:
     factory = Factory(("milvus", {"uri": uri, "collection": "t_" + uuid.uuid4().hex[:12]}))
     yield factory
     factory.close()
-    from pymilvus import MilvusClient
+    from shared.backends.milvus import connect as milvus_connect
 
-    client = MilvusClient(uri)
+    client = milvus_connect(uri)
     client.drop_collection(factory.spec[1]["collection"])
     client.close()
 

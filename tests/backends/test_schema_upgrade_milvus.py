@@ -13,6 +13,7 @@ from pymilvus import DataType, MilvusClient
 
 import shared.backends.milvus as milvus_module
 from shared.backends.milvus import MilvusBackend
+from shared.backends.milvus import connect as milvus_connect
 from shared.filters import SearchFilter
 from shared.types import ModelInfo
 from tests.backends.data import clustered, records
@@ -47,7 +48,7 @@ def old_collection(request) -> Iterator[tuple[str, str, list, np.ndarray]]:
     uri = request.getfixturevalue(request.param)
     name = "up_" + uuid.uuid4().hex[:12]
     recs, vectors = records(N), clustered(N, DIM, seed=21)
-    client = MilvusClient(uri)
+    client = milvus_connect(uri)
     create_previous_release_collection(client, name)
     client.insert(name, [
         {"id": r.id, "embedding": v.tolist(), "filename": r.filename, "size_bytes": r.size_bytes, "format": r.format,
@@ -65,7 +66,7 @@ def check_upgraded(uri: str, name: str, recs: list, vectors: np.ndarray) -> None
     try:
         backend.ensure_schema(MODEL)
         backend.ensure_schema(MODEL)  # idempotent once upgraded
-        client = MilvusClient(uri)
+        client = milvus_connect(uri)
         assert sorted(c for c in client.list_collections() if c.startswith(name)) == [name]  # swapped, old dropped
         client.close()
         assert backend.count() == N
@@ -108,7 +109,7 @@ def crash_during_copy(uri: str, name: str, monkeypatch: pytest.MonkeyPatch) -> N
         backend.ensure_schema(MODEL)
     backend.close()
     monkeypatch.undo()
-    client = MilvusClient(uri)
+    client = milvus_connect(uri)
     assert client.has_collection(name + "__upgrade")
     assert 0 < client.query(name + "__upgrade", filter="", output_fields=["count(*)"])[0]["count(*)"] < N
     client.close()
@@ -123,7 +124,7 @@ def test_an_upgrade_cut_short_during_the_copy_is_finished_at_the_next_start(old_
 def test_an_upgrade_cut_short_between_the_renames_is_finished_at_the_next_start(old_collection, monkeypatch):
     uri, name, recs, vectors = old_collection
     crash_during_copy(uri, name, monkeypatch)
-    client = MilvusClient(uri)
+    client = milvus_connect(uri)
     client.release_collection(name)
     client.rename_collection(name, name + "__previous")  # the swap's first step, then the crash
     client.close()
