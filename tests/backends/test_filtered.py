@@ -127,7 +127,7 @@ def test_recall_at_selectivities_of_50_10_and_1_percent(backend, request):
                     "by construction; Milvus' filtered recall is measured on the server (milvus_server)")
     backend.ensure_schema(MODEL)
     recs = rich_records(N_LARGE, seed=7)
-    data = clustered(N_LARGE + 30, DIM, seed=8)
+    data = clustered(N_LARGE + 20, DIM, seed=8)  # 20 queries: 200 true neighbours per filter
     vectors, queries = data[:N_LARGE], data[N_LARGE:]
     for start in range(0, N_LARGE, 2000):
         backend.upsert(recs[start:start + 2000], vectors[start:start + 2000])
