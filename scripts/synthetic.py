@@ -66,3 +66,31 @@ def clustered(n: int, dim: int, *, seed: int = 0, latent: int = 24, clusters: in
         mixed = points @ projection + 0.05 * rng.normal(size=(m, dim)).astype(np.float32)
         out[start:start + m] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
     return out
+
+
+def jpeg_with_exif(image: Image.Image, *, when: str | None = "2021:05:01 14:30:00", offset: str | None = "+02:00",
+                   make: str = "Canon", model: str = "Canon EOS 5D",
+                   gps: tuple[float, float] | None = (40.4168, -3.7038)) -> bytes:
+    """`image` as a JPEG whose EXIF says when (DateTimeOriginal, OffsetTimeOriginal), with which camera and
+    where (GPS degrees/minutes/seconds) it was taken."""
+    from fractions import Fraction
+
+    def dms(value: float) -> tuple[Fraction, Fraction, Fraction]:
+        degrees, rest = divmod(abs(value) * 3600, 3600)
+        minutes, seconds = divmod(rest, 60)
+        return Fraction(int(degrees)), Fraction(int(minutes)), Fraction(round(seconds * 100), 100)
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = make, model
+    if when:
+        sub = exif.get_ifd(0x8769)
+        sub[0x9003] = when
+        if offset:
+            sub[0x9011] = offset
+    if gps:
+        g = exif.get_ifd(0x8825)
+        g[1], g[2] = ("N" if gps[0] >= 0 else "S"), dms(gps[0])
+        g[3], g[4] = ("E" if gps[1] >= 0 else "W"), dms(gps[1])
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=85, exif=exif.tobytes())
+    return out.getvalue()

@@ -23,6 +23,7 @@ import redis
 
 from shared import pipeline
 from shared.backends import Hit, ImageRecord, VectorBackend, make_backend
+from shared.backfill import BackfillReport, backfill_metadata
 from shared.config import Settings
 from shared.filters import MAX_LABELS, SearchFilter, label, labels
 from shared.imagestore import ImageStore, is_image_id
@@ -329,6 +330,10 @@ class Proxima:
         return reconcile(images=self.images, backend=self.backend, jobs=self.jobs, enqueue=self.send_embed,
                          batch_size=self.settings.effective_batch_size, requeue=requeue,
                          delete_orphans=delete_orphans, on_progress=on_progress)
+
+    def backfill_metadata(self, on_progress: Callable[[BackfillReport], None] | None = None) -> BackfillReport:
+        """EXIF metadata for images indexed before it was read, from their stored files (no re-embedding)."""
+        return backfill_metadata(self.backend, self.images, on_progress=on_progress or (lambda report: None))
 
     def last_reconcile(self) -> str | None:
         """The JSON report of the last reconcile a worker finished."""

@@ -3,45 +3,21 @@ EXIF read by the worker at ingest, filters answered inside the vector database."
 
 from __future__ import annotations
 
-import io
-from fractions import Fraction
-
 import pytest
-from PIL import Image
 
 from scripts.photosets import real_photos
-from scripts.synthetic import jpeg
+from scripts.synthetic import jpeg, jpeg_with_exif
 from shared.imaging import load_image
 from tests.test_pipeline_e2e import wait_job
 
 TRIP = "Trip 2024 ñ"
 
 
-def exif_jpeg(index: int, *, when: str | None = "2021:05:01 14:30:00", offset: str | None = "+02:00",
-              make: str = "Canon", model: str = "Canon EOS 5D", gps: tuple[float, float] | None = (40.4168, -3.7038),
-              ) -> bytes:
-    """A real photo (made small) with EXIF: capture time and offset, camera, GPS."""
+def exif_jpeg(index: int, **exif) -> bytes:
+    """A real photo (made small) with EXIF: capture time and offset, camera, GPS (`jpeg_with_exif`)."""
     photo = load_image(real_photos()[index]).image
     photo.thumbnail((320, 320))
-    exif = Image.Exif()
-    exif[0x010F], exif[0x0110] = make, model
-    if when:
-        sub = exif.get_ifd(0x8769)
-        sub[0x9003] = when
-        if offset:
-            sub[0x9011] = offset
-    if gps:
-        def dms(value: float) -> tuple[Fraction, Fraction, Fraction]:
-            degrees, rest = divmod(abs(value) * 3600, 3600)
-            minutes, seconds = divmod(rest, 60)
-            return Fraction(int(degrees)), Fraction(int(minutes)), Fraction(round(seconds * 100), 100)
-
-        g = exif.get_ifd(0x8825)
-        g[1], g[2] = ("N" if gps[0] >= 0 else "S"), dms(gps[0])
-        g[3], g[4] = ("E" if gps[1] >= 0 else "W"), dms(gps[1])
-    out = io.BytesIO()
-    photo.save(out, "JPEG", quality=85, exif=exif.tobytes())
-    return out.getvalue()
+    return jpeg_with_exif(photo, **exif)
 
 
 @pytest.fixture(scope="module")

@@ -201,3 +201,13 @@ def test_walk_keeps_the_queue_bounded(redis_url, tmp_path):
                         manifest=NoManifest(), enqueue=enqueue, queue_depth=lambda: len(in_queue), max_queued=3)
     assert stats.queued == 40 and high_water <= 3
     assert jobs.get(job_id).total == 40 and not jobs.get(job_id).walking
+
+
+def test_backfill_script_runs_on_the_stack(client, stack_env):
+    """scripts/backfill_metadata.py against the live stack: its images were ingested with their metadata,
+    so it reads every record and changes none (the backfill itself: tests/backends/test_backfill.py)."""
+    result = subprocess.run([sys.executable, "scripts/backfill_metadata.py", "-q"], cwd=REPO,
+                            env=child_env(stack_env), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["seen"] == vector_count(client) and report["updated"] == 0
