@@ -235,6 +235,9 @@ class SearchFilter:
 NO_FILTER = SearchFilter()
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def epoch_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch (naive = UTC): how Milvus and Manticore store times."""
     if moment.tzinfo is None:
@@ -242,4 +245,6 @@ def epoch_micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+def from_epoch_micros(micros: int) -> datetime:
+    """`epoch_micros` read back: an aware UTC datetime."""
+    return EPOCH + timedelta(microseconds=int(micros))

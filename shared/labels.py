@@ -47,9 +47,12 @@ class CollectionRegistry:
         return existing, False
 
     def ensure(self, names: tuple[str, ...]) -> None:
-        """Register collections named by an upload or an ingest (no-op for known ones)."""
-        for name in names:
-            self.create(name)
+        """Register collections named by an upload or an ingest (checked names; known ones are left as they
+        are): one Redis call, made on every such request."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hsetnx(COLLECTIONS_KEY, name, json.dumps(vars(Collection(name, "", round(time.time(), 3)))))
+            pipe.execute()
 
     def get(self, name: str) -> Collection | None:
         raw = self.redis.hget(COLLECTIONS_KEY, name)

@@ -62,7 +62,6 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -70,7 +69,7 @@ import numpy as np
 import pymysql
 
 from shared.backends.base import Hit, ImageRecord, SearchFilter, check_model, merge_labels, translate_errors
-from shared.filters import epoch_micros
+from shared.filters import epoch_micros, from_epoch_micros
 from shared.types import BackendError, ModelInfo, SchemaMismatch
 
 if TYPE_CHECKING:
@@ -82,7 +81,6 @@ DEFAULT_PORT = 9306
 _ID_MASK = (1 << 63) - 1
 _IMAGE_ID = re.compile(r"[0-9a-fA-F]{64}")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,127}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MODEL_ROW = 1  # document id of the model identity row in the meta table
 
 # One statement stays far below searchd's max_allowed_packet (128 MiB by default): a bigger one is not an
@@ -200,7 +198,6 @@ def parse_url(url: str) -> dict[str, Any]:
     }
 
 
-_micros = epoch_micros  # microseconds since the Unix epoch; naive datetimes are taken as UTC
 _SIGN = 1 << 63
 
 
@@ -252,13 +249,13 @@ def _conditions(where: SearchFilter | None) -> tuple[list[str], list[Any]]:
     if where.captured_from is not None or where.captured_to is not None:
         add("has_captured_at = 1")  # an image without a capture time matches no capture range
     if where.captured_from is not None:
-        add("captured_at >= %s", _micros(where.captured_from))
+        add("captured_at >= %s", epoch_micros(where.captured_from))
     if where.captured_to is not None:
-        add("captured_at <= %s", _micros(where.captured_to))
+        add("captured_at <= %s", epoch_micros(where.captured_to))
     if where.ingested_from is not None:
-        add("created_at >= %s", _micros(where.ingested_from))
+        add("created_at >= %s", epoch_micros(where.ingested_from))
     if where.ingested_to is not None:
-        add("created_at <= %s", _micros(where.ingested_to))
+        add("created_at <= %s", epoch_micros(where.ingested_to))
     if where.formats:
         add("format IN %s", tuple(where.formats))
     if where.min_width > 0:
@@ -312,8 +309,8 @@ def _record(row: Sequence[Any]) -> ImageRecord:
     return ImageRecord(
         id=_text(img_id), filename=_text(filename), size_bytes=int(size_bytes), format=_text(fmt),
         width=int(width), height=int(height), model=_text(model),
-        created_at=_EPOCH + timedelta(microseconds=int(created_at)),
-        captured_at=_EPOCH + timedelta(microseconds=int(captured_at)) if int(has_captured_at) else None,
+        created_at=from_epoch_micros(created_at),
+        captured_at=from_epoch_micros(captured_at) if int(has_captured_at) else None,
         camera_make=_text(camera_make), camera_model=_text(camera_model),
         latitude=key_float(int(latitude_key)) if gps else None,
         longitude=key_float(int(longitude_key)) if gps else None,
@@ -327,8 +324,8 @@ def _row_values(did: int, vector: Any, rec: ImageRecord) -> list[Any]:
     gps = latitude is not None and longitude is not None
     return [
         did, vector_param(vector), rec.id, str(rec.filename), int(rec.size_bytes), str(rec.format), int(rec.width),
-        int(rec.height), str(rec.model), _micros(rec.created_at),
-        _micros(rec.captured_at) if rec.captured_at is not None else 0, int(rec.captured_at is not None),
+        int(rec.height), str(rec.model), epoch_micros(rec.created_at),
+        epoch_micros(rec.captured_at) if rec.captured_at is not None else 0, int(rec.captured_at is not None),
         str(rec.camera_make), str(rec.camera_model), int(gps),
         float_key(latitude) if latitude is not None and gps else 0,
         float_key(longitude) if longitude is not None and gps else 0,

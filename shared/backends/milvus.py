@@ -56,13 +56,12 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.backends.base import Hit, ImageRecord, check_model, merge_labels, translate_errors
-from shared.filters import MAX_LABELS, SearchFilter, epoch_micros
+from shared.filters import MAX_LABELS, SearchFilter, epoch_micros, from_epoch_micros
 from shared.types import BackendError, ModelInfo, SchemaMismatch
 
 if TYPE_CHECKING:
@@ -78,7 +77,6 @@ _META_FIELDS = [*_V1_FIELDS, *_V2_FIELDS]
 # Long calls (index builds) otherwise trip gRPC's "too_many_pings" with Milvus Lite.
 _GRPC_OPTIONS = {"grpc.keepalive_time_ms": 3_600_000, "grpc.keepalive_permit_without_calls": False}
 _MAX_BATCH = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLLECTION_NOT_LOADED = 101
 _MODEL_PROPERTY = "proxima.model"  # collection property holding the model identity (JSON)
 _NO_SERVER = 2  # pymilvus: "Fail connecting to server" (what a stopped server gives)
@@ -502,17 +500,13 @@ def _stored_model(description: dict[str, Any]) -> ModelInfo | None:
         return None
 
 
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
 def _row(rec: ImageRecord, vec: np.ndarray) -> dict[str, Any]:
     return {
         "id": rec.id, "embedding": vec.tolist(), "filename": rec.filename, "size_bytes": int(rec.size_bytes),
         "format": rec.format, "width": int(rec.width), "height": int(rec.height), "model": rec.model,
-        "created_at": _micros(rec.created_at),
+        "created_at": epoch_micros(rec.created_at),
         "has_captured": rec.captured_at is not None,
-        "captured_at": _micros(rec.captured_at) if rec.captured_at is not None else 0,
+        "captured_at": epoch_micros(rec.captured_at) if rec.captured_at is not None else 0,
         "camera_make": rec.camera_make, "camera_model": rec.camera_model,
         "has_gps": rec.has_gps,
         "latitude": float(rec.latitude) if rec.has_gps else 0.0,  # type: ignore[arg-type]
@@ -528,8 +522,8 @@ def _record(image_id: str, fields: dict[str, Any]) -> ImageRecord:
     return ImageRecord(
         id=image_id, filename=fields["filename"], size_bytes=int(fields["size_bytes"]), format=fields["format"],
         width=int(fields["width"]), height=int(fields["height"]), model=fields["model"],
-        created_at=_EPOCH + timedelta(microseconds=int(fields["created_at"])),
-        captured_at=_EPOCH + timedelta(microseconds=int(fields["captured_at"]))
+        created_at=from_epoch_micros(fields["created_at"]),
+        captured_at=from_epoch_micros(fields["captured_at"])
         if fields.get("has_captured") else None,
         camera_make=fields.get("camera_make") or "", camera_model=fields.get("camera_model") or "",
         latitude=float(fields["latitude"]) if has_gps else None,

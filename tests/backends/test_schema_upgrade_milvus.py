@@ -14,7 +14,7 @@ from pymilvus import DataType, MilvusClient
 import shared.backends.milvus as milvus_module
 from shared.backends.milvus import MilvusBackend
 from shared.backends.milvus import connect as milvus_connect
-from shared.filters import SearchFilter
+from shared.filters import SearchFilter, epoch_micros
 from shared.types import ModelInfo
 from tests.backends.data import clustered, records
 
@@ -53,7 +53,7 @@ def old_collection(request) -> Iterator[tuple[str, str, list, np.ndarray]]:
     client.insert(name, [
         {"id": r.id, "embedding": v.tolist(), "filename": r.filename, "size_bytes": r.size_bytes, "format": r.format,
          "width": r.width, "height": r.height, "model": r.model,
-         "created_at": milvus_module._micros(r.created_at)}
+         "created_at": epoch_micros(r.created_at)}
         for r, v in zip(recs, vectors, strict=True)])
     yield uri, name, recs, vectors
     for suffix in ("", "__upgrade", "__previous"):
