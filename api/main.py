@@ -22,7 +22,7 @@ from api.routes import collections as albums
 from api.security import key_matches
 from shared.batching import BatchingEmbedder
 from shared.config import Settings, get_settings
-from shared.embedder import load_embedder
+from shared.embedder import load_embedder, load_model
 from shared.services import Proxima
 from ui.app import mount as mount_ui
 from ui.service import LocalService
@@ -38,8 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # concurrent searches share model calls (shared/batching.py)
-        proxima = Proxima.from_settings(settings, encoder=BatchingEmbedder(load_embedder(settings)))
-        proxima.check_index(tolerate_outage=True)
+        proxima = Proxima.from_settings(
+            settings, encoder=BatchingEmbedder(load_embedder(settings)),
+            load_encoder=lambda model: BatchingEmbedder(load_model(settings, model)))
+        proxima.check_index(tolerate_outage=True, start_reembed=True)
         app.state.proxima = proxima
         yield
         proxima.close()

@@ -142,18 +142,20 @@ def create_database(url: str, name: str) -> str:
     return url.replace("/postgres?", f"/{name}?")
 
 
-def write_tiny_model(directory: Path) -> tuple[Path, Path]:
-    """A custom open_clip config and a checkpoint of seeded weights, loaded like real weights are."""
+def write_tiny_model(directory: Path, *, seed: int = 7, dim: int = 64) -> tuple[Path, Path]:
+    """A custom open_clip config and a checkpoint of seeded weights, loaded like real weights are. Another
+    `seed` is another model of the same architecture; another `dim` another architecture (`proxima-tiny-<dim>`)."""
     import open_clip
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "proxima-tiny.json"
-    config.write_text(json.dumps(TINY_MODEL_CONFIG))
+    name = "proxima-tiny" if dim == TINY_MODEL_CONFIG["embed_dim"] else f"proxima-tiny-{dim}"
+    config = directory / f"{name}.json"
+    config.write_text(json.dumps({**TINY_MODEL_CONFIG, "embed_dim": dim}))
     open_clip.add_model_config(config)
-    torch.manual_seed(7)
-    model = open_clip.create_model("proxima-tiny", pretrained=None)
-    checkpoint = directory / "proxima-tiny.pt"
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    checkpoint = directory / (f"{name}.pt" if seed == 7 else f"{name}-seed{seed}.pt")
     torch.save(model.state_dict(), checkpoint)
     return config, checkpoint
 

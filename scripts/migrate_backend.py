@@ -22,6 +22,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.backends import VectorBackend, make_backend  # noqa: E402
+from shared.catalog import ModelCatalog  # noqa: E402
 from shared.config import get_settings  # noqa: E402
 from shared.types import ModelInfo  # noqa: E402
 
@@ -32,13 +33,34 @@ def open_backend(name: str) -> VectorBackend:
     return make_backend(get_settings().model_copy(update={"vector_backend": name}))
 
 
+def active_index(database: VectorBackend) -> tuple[VectorBackend, ModelInfo | None]:
+    """The index of the active model (an index an earlier release made is adopted first), and its identity;
+    (the database, None) when nothing was ever indexed there."""
+    catalog = ModelCatalog(database)
+    active = catalog.active(fresh=True)
+    if active is None:
+        legacy = database.stored_model()
+        if legacy is None:
+            return database, None
+        active = catalog.bootstrap(legacy)
+    return catalog.view(active), active.model
+
+
+def target_index(database: VectorBackend, model: ModelInfo) -> VectorBackend:
+    """The index of `model` in the target database, made active there; SystemExit if another model is."""
+    catalog = ModelCatalog(database)
+    active = catalog.bootstrap(model)
+    if active.slug != model.slug:
+        sys.exit(f"the target already serves model {active.model.label()}, not {model.label()}: migrate into an "
+                 "empty database, or re-embed there")
+    view = catalog.view(active)
+    view.ensure_schema(model)
+    return view
+
+
 def copy_all(source: VectorBackend, dest: VectorBackend, *, batch_size: int, progress: tqdm) -> dict[str, int]:
     copied = skipped = 0
-    schema_ready = False
     for records, vectors in source.scan(batch_size):
-        if not schema_ready:
-            dest.ensure_schema(ModelInfo.from_label(records[0].model, int(vectors.shape[1])))
-            schema_ready = True
         present = dest.get([r.id for r in records])
         todo = [i for i, r in enumerate(records) if r.id not in present]
         if todo:
@@ -76,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--from and --to name the same backend")
 
     started = time.monotonic()
-    source, dest = open_backend(args.source), open_backend(args.dest)
+    source_db, dest_db = open_backend(args.source), open_backend(args.dest)
+    source, model = active_index(source_db)
+    if model is None:
+        sys.exit(f"nothing to migrate: {args.source} holds no index")
+    dest = target_index(dest_db, model)
     total = source.count()
     with tqdm(total=total, unit="vec", desc=f"{args.source} → {args.dest}") as progress:
         stats = copy_all(source, dest, batch_size=args.batch_size, progress=progress)
@@ -84,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     check = verify(source, dest, samples=args.verify_samples)
     ok = counts["dest_count"] >= counts["source_count"] and check["mean_overlap_at_10"] >= args.min_overlap
     print(json.dumps({**stats, **counts, **check, "ok": ok, "elapsed_s": round(time.monotonic() - started, 1)}))
-    source.close()
-    dest.close()
+    source_db.close()
+    dest_db.close()
     return 0 if ok else 1
 
 

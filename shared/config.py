@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     extractor: Literal["open_clip", "efficientnet_lite"] = "open_clip"  # efficientnet_lite: image search only
     model_name: str = ""  # open_clip: ViT-B-32; efficientnet_lite: efficientnet-lite0
     model_pretrained: str = ""  # open_clip: laion2b_s34b_b79k; efficientnet_lite: imagenet (installed)
+    # When the model named here is not the active one (shared/catalog.py): refuse to start, saying what to run,
+    # or re-embed every image with it in the background and switch to it when complete
+    model_change: Literal["refuse", "reembed"] = "refuse"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N picks one GPU
     embed_runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"  # auto: torch on CUDA, else OpenVINO
     embed_precision: Literal["auto", "f32", "bf16", "int8"] = "auto"  # auto: fp16 on CUDA, bf16 where the CPU has it

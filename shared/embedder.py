@@ -129,6 +129,28 @@ def load_embedder(settings: Settings) -> Embedder:
     return embedder
 
 
+def settings_for(settings: Settings, model: ModelInfo) -> Settings:
+    """`settings` with the model replaced by `model` (another identity of the catalogue, shared/catalog.py)."""
+    if model.precision == "int8":
+        precision = "int8"
+    else:
+        precision = "auto" if settings.embed_precision == "int8" else settings.embed_precision
+    return settings.model_copy(update={"extractor": model.extractor, "model_name": model.config or model.name,
+                                       "model_pretrained": model.pretrained, "embed_precision": precision})
+
+
+def identify(settings: Settings) -> ModelInfo:
+    """The identity of the model the settings name, with its dimension, without loading any weights
+    (ModelLoadError with a fix when it cannot be had)."""
+    info = extractor_from_settings(settings).info
+    return replace(info, precision="int8") if settings.embed_precision == "int8" else info
+
+
+def load_model(settings: Settings, model: ModelInfo) -> Embedder:
+    """Load the model of identity `model` with this process's device and runtime settings."""
+    return load_embedder(settings_for(settings, model))
+
+
 def _device(settings: Settings) -> str:
     """DEVICE resolved; `auto` means the CPU when EMBED_RUNTIME names a CPU runtime."""
     if settings.device == "auto" and settings.embed_runtime in CPU_ONLY:

@@ -88,6 +88,17 @@ class ImageStore:
             for sub in subdirs(top):
                 yield from sorted(e.name for e in os.scandir(sub) if e.is_file() and is_image_id(e.name))
 
+    def iter_id_batches(self, size: int) -> Iterator[list[str]]:
+        """`iter_ids` in lists of `size` (the last one shorter)."""
+        batch: list[str] = []
+        for image_id in self.iter_ids():
+            batch.append(image_id)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     def thumbnail(self, image_id: str, side: int = THUMBNAIL_SIDE) -> Path:
         """A WebP thumbnail of a stored image, made on first use. FileNotFoundError if the image is not
         stored, ImageError if it cannot be decoded."""

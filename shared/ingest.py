@@ -385,4 +385,5 @@ def ingest_files(
             ok += [(ref, image_id) for ref in same_content]
     manifest.record(ok + duplicates)
     copies = len(ok) - embedded  # files whose content another file of this batch brought in
-    return BatchResult(done=len(ok) + len(duplicates), errors=errors, duplicates=copies + len(duplicates))
+    return BatchResult(done=len(ok) + len(duplicates), errors=errors, duplicates=copies + len(duplicates),
+                       embedded=tuple(i for i in pending if i not in failed))

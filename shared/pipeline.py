@@ -7,6 +7,7 @@ adds the job-level rules; the workers' tasks call `embed_batch` with their own d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import unicodedata
@@ -190,16 +191,17 @@ def embed_batch(
         if p.id in failed:
             images.delete(p.id)
             errors.append(FileError(p.id, p.filename, failed[p.id]))
-    return BatchResult(done=done, errors=errors)
+    return BatchResult(done=done, errors=errors, embedded=tuple(p.id for p in pending if p.id not in failed))
 
 
 def embed_pending(
     pending: Sequence[Pending], *, backend: VectorBackend, embedder: Embedder, decoder: Decoder,
-    times: StageTimes | None = None,
+    times: StageTimes | None = None, kept: Mapping[str, ImageRecord] | None = None,
 ) -> tuple[int, dict[str, str]]:
     """Decode the batch (CPU pool and/or GPU, see shared/decode.py) and read each file's EXIF metadata,
     embed it in one model call, upsert it in one backend call. Returns how many were embedded and
-    {id: why} for those that could not be decoded.
+    {id: why} for those that could not be decoded. `kept`: records already indexed under another model
+    (a re-embed), whose name, ingest time, path, collections and tags the new records keep.
     """
     times = times or StageTimes()
     decoded, failed = decoder.decode([(p.id, p.source) for p in pending], times)
@@ -215,9 +217,17 @@ def embed_pending(
                                camera_model=meta.camera_model, latitude=meta.latitude, longitude=meta.longitude,
                                orientation=meta.orientation, path=p.path, collections=p.collections)
                    for p, meta in zip(good, found, strict=True)]
+        if kept:
+            records = [_keep(rec, kept[rec.id]) if rec.id in kept else rec for rec in records]
         with times.timing("upsert"):
             backend.upsert(records, vectors)
     return len(good), failed
+
+
+def _keep(new: ImageRecord, old: ImageRecord) -> ImageRecord:
+    """`new` (another model's vector of the same file) with what `old` knew that the file does not say."""
+    return dataclasses.replace(new, filename=old.filename, created_at=old.created_at, path=old.path or new.path,
+                               collections=old.collections, tags=old.tags)
 
 
 @dataclass(frozen=True)

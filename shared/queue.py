@@ -18,6 +18,7 @@ from shared.config import Settings
 QUEUE = "proxima"
 EMBED_BATCH = "proxima.embed_batch"  # args: job id, batch key, [{"id", "filename"}] of stored uploads
 INGEST_FILES = "proxima.ingest_files"  # args: job id, batch key, [{"path", "size", "mtime_ns"}] of a folder
+REEMBED_BATCH = "proxima.reembed_batch"  # args: job id, batch key, [{"id", "model"}]: stored images, model slug
 RECONCILE = "proxima.reconcile"  # kwargs: delete_orphans; the report is kept at RECONCILE_REPORT_KEY
 RECONCILE_REPORT_KEY = "proxima:reconcile:last"
 BATCH_TASKS = f"{QUEUE}.*"  # task_annotations pattern for the batch tasks' retry settings

@@ -9,7 +9,7 @@ never lost); vectors whose file is gone are reported, and deleted on request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from shared.backends import VectorBackend
@@ -35,17 +35,6 @@ class ReconcileReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _chunks(ids: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for image_id in ids:
-        chunk.append(image_id)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def reconcile(*, images: ImageStore, backend: VectorBackend, jobs: JobStore, enqueue: Enqueue, batch_size: int,
@@ -74,7 +63,7 @@ def reconcile(*, images: ImageStore, backend: VectorBackend, jobs: JobStore, enq
             report.orphans_deleted += backend.delete(orphans)
             orphans.clear()
 
-    for chunk in _chunks(images.iter_ids(), 1000):
+    for chunk in images.iter_id_batches(1000):
         report.stored += len(chunk)
         present = backend.get(chunk)
         for image_id in chunk:

@@ -24,6 +24,7 @@ import redis
 from shared import pipeline
 from shared.backends import Hit, ImageRecord, VectorBackend, make_backend
 from shared.backfill import BackfillReport, backfill_metadata
+from shared.catalog import ACTIVE, IndexEntry, Mirrored, ModelCatalog, model_change_message
 from shared.config import Settings
 from shared.filters import MAX_LABELS, SearchFilter, label, labels
 from shared.imagestore import ImageStore, is_image_id
@@ -31,19 +32,23 @@ from shared.ingest import RedisManifest, WalkStats, resolve_under, walk_folder
 from shared.jobs import JobStore
 from shared.labels import Collection, CollectionRegistry
 from shared.pipeline import FIRST_PAGE, Page
-from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE_REPORT_KEY, TaskQueue
+from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE_REPORT_KEY, REEMBED_BATCH, TaskQueue
 from shared.reconcile import ReconcileReport, reconcile
+from shared.reembed import Completeness, ReembedStats, check_complete, walk_store
 from shared.types import (
     Accepted,
     BackendError,
     BackendUnavailable,
     BadInput,
     ClientCounts,
+    Conflict,
     Encoder,
     Forbidden,
     Job,
     JobClosed,
+    ModelInfo,
     NotFound,
+    SchemaMismatch,
     TooLarge,
     Upload,
 )
@@ -64,46 +69,105 @@ def connect_redis(settings: Settings) -> redis.Redis:
 class Proxima:
     settings: Settings
     images: ImageStore
-    backend: VectorBackend
+    database: VectorBackend  # bound to the base index; the model indexes are its views (shared/catalog.py)
+    catalog: ModelCatalog
     jobs: JobStore
     manifest: RedisManifest
     queue: TaskQueue
     redis: redis.Redis
     collections: CollectionRegistry
-    encoder: Encoder | None = None  # the model, for searches (and, in a worker, for embedding)
-    walks: dict[str, threading.Event] = field(default_factory=dict)  # folder walks running here → stop flag
+    encoder: Encoder | None = None  # the model the settings name (loaded at start by the API and the workers)
+    load_encoder: Callable[[ModelInfo], Encoder] | None = None  # loads another identity's model on demand
+    walks: dict[str, threading.Event] = field(default_factory=dict)  # walks running here → stop flag
+    _encoders: dict[str, Encoder] = field(default_factory=dict)  # slug → model loaded on demand
+    _encoder_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, encoder: Encoder | None = None) -> Proxima:
+    def from_settings(cls, settings: Settings, *, encoder: Encoder | None = None,
+                      load_encoder: Callable[[ModelInfo], Encoder] | None = None) -> Proxima:
         client = connect_redis(settings)
-        return cls(settings=settings, images=ImageStore(settings.images_dir), backend=make_backend(settings),
-                   jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400), manifest=RedisManifest(client),
-                   queue=TaskQueue.from_settings(settings, client), redis=client,
-                   collections=CollectionRegistry(client), encoder=encoder)
+        database = make_backend(settings)
+        return cls(settings=settings, images=ImageStore(settings.images_dir), database=database,
+                   catalog=ModelCatalog(database), jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400),
+                   manifest=RedisManifest(client), queue=TaskQueue.from_settings(settings, client), redis=client,
+                   collections=CollectionRegistry(client), encoder=encoder, load_encoder=load_encoder)
 
     def close(self) -> None:
         for stop in list(self.walks.values()):
-            stop.set()  # running folder walks seal their jobs and end
-        self.backend.close()
+            stop.set()  # running walks seal their jobs and end
+        self.database.close()
         self.queue.close()
         self.redis.close()
 
+    # --- the active model and its index ----------------------------------------------------------------
+
+    @property
+    def backend(self) -> VectorBackend:
+        """The active model's index; label changes and deletes also reach the indexes being built."""
+        return self._index(self.catalog.active())
+
+    def _index(self, active: IndexEntry | None) -> VectorBackend:
+        if active is None:
+            return self.database
+        building = [self.catalog.view(e) for e in self.catalog.building()]
+        view = self.catalog.view(active)
+        return Mirrored(view, building) if building else view
+
     @property
     def model(self) -> Encoder:
+        """The active identity's model (loaded on first need after a switch)."""
+        active = self.catalog.active()
+        return self.encoder_for(active.model) if active is not None else self._settings_model()
+
+    def _settings_model(self) -> Encoder:
         if self.encoder is None:
             raise RuntimeError("this process was built without a model (Proxima.from_settings(encoder=...))")
         return self.encoder
 
-    def check_index(self, *, tolerate_outage: bool = False) -> None:
-        """Create the index for the model if missing; SchemaMismatch if it holds another model's vectors.
-        With `tolerate_outage`, a database that is down is only logged (the API starts anyway and answers
-        503 until it is back; the workers create the index)."""
+    def encoder_for(self, model: ModelInfo) -> Encoder:
+        """The model of identity `model`: the settings' one, or loaded once with `load_encoder`."""
+        if self.encoder is not None and self.encoder.info.slug == model.slug:
+            return self.encoder
+        with self._encoder_lock:
+            if model.slug not in self._encoders:
+                if self.load_encoder is None:
+                    raise RuntimeError(f"this process cannot load model {model.label()} (no load_encoder)")
+                log.info("loading model %s (%s)", model.label(), model.slug)
+                self._encoders[model.slug] = self.load_encoder(model)
+            return self._encoders[model.slug]
+
+    def serving(self) -> tuple[VectorBackend, Encoder]:
+        """The active index (as `backend`) and its model, read together: a switch between two reads could
+        pair one model's vectors with the other's index."""
+        active = self.catalog.active()
+        if active is None:
+            return self.database, self._settings_model()
+        return self._index(active), self.encoder_for(active.model)
+
+    def check_index(self, *, tolerate_outage: bool = False, start_reembed: bool = False) -> None:
+        """Make sure the settings' model is the active one: the first start creates its index (or adopts the
+        index an earlier release made); an index made by an earlier release gains new metadata fields.
+        If another model is active: SchemaMismatch saying what to run, or, with MODEL_CHANGE=reembed, a
+        re-embed into the settings' model that activates it when complete (started where `start_reembed`:
+        the API). With `tolerate_outage`, a database that is down is only logged (the API starts anyway and
+        answers 503 until it is back; the workers create the index)."""
+        wanted = self._settings_model().info
         try:
-            self.backend.ensure_schema(self.model.info)
+            active = self.catalog.bootstrap(wanted)
+            self.catalog.view(active).ensure_schema(active.model)
         except BackendUnavailable as exc:
             if not tolerate_outage:
                 raise
             log.warning("vector backend unavailable at start-up: %s", exc)
+            return
+        if active.slug == wanted.slug:
+            return
+        if self.settings.model_change != "reembed":
+            raise SchemaMismatch(model_change_message(active, wanted, self.catalog.find(wanted)))
+        log.warning("MODEL_CHANGE=reembed: %s stays active while every image is re-embedded with %s",
+                    active.model.label(), wanted.label())
+        if start_reembed:
+            self.start_reembed(wanted, activate_when_done=True, if_idle=True)
 
     # --- uploads and jobs --------------------------------------------------------------------------
 
@@ -200,31 +264,35 @@ class Proxima:
         self._collections(collection)  # checked before the job starts
         job_id = self.open_job(str(folder))
         stop = threading.Event()
-        self.walks[job_id] = stop
-        threading.Thread(target=self._walk, args=(folder, job_id, recursive, stop, collection),
-                         name=f"walk-{job_id[:8]}", daemon=True).start()
+        self._in_background(job_id, "folder ingest", stop, lambda: self.ingest_folder(
+            folder, job_id, recursive=recursive, roots=self.settings.ingest_roots, stop=stop, collection=collection))
         return job_id, folder
 
-    def _walk(self, folder: Path, job_id: str, recursive: bool, stop: threading.Event,
-              collection: str | None) -> None:
-        try:
-            self.ingest_folder(folder, job_id, recursive=recursive, roots=self.settings.ingest_roots, stop=stop,
-                               collection=collection)
-        except InterruptedError:
-            log.warning("folder ingest %s stopped before the walk ended; run it again to finish", job_id)
-        except Exception:
-            log.exception("folder ingest %s failed", job_id)
-        finally:
-            self.walks.pop(job_id, None)
+    def _in_background(self, job_id: str, what: str, stop: threading.Event, walk: Callable[[], object]) -> None:
+        """Run a job's walk in a thread of this process (stopped through `stop` when the process closes)."""
+        def run() -> None:
+            try:
+                walk()
+            except InterruptedError:
+                log.warning("%s %s stopped before its walk ended; run it again to finish", what, job_id)
+            except Exception:
+                log.exception("%s %s failed", what, job_id)
+            finally:
+                self.walks.pop(job_id, None)
+
+        self.walks[job_id] = stop
+        threading.Thread(target=run, name=f"walk-{job_id[:8]}", daemon=True).start()
 
     # --- searches and images -----------------------------------------------------------------------
 
     def search_image(self, data: bytes, page: Page = FIRST_PAGE) -> list[Hit]:
-        return pipeline.search_image(data, page, embedder=self.model, backend=self.backend,
+        backend, model = self.serving()
+        return pipeline.search_image(data, page, embedder=model, backend=backend,
                                      max_pixels=self.settings.max_image_pixels)
 
     def search_text(self, text: str, page: Page = FIRST_PAGE) -> list[Hit]:
-        return pipeline.search_text(text, page, embedder=self.model, backend=self.backend)
+        backend, model = self.serving()
+        return pipeline.search_text(text, page, embedder=model, backend=backend)
 
     def similar(self, image_id: str, page: Page = FIRST_PAGE) -> list[Hit]:
         hits = pipeline.search_similar(image_id, page, backend=self.backend) if is_image_id(image_id) else None
@@ -303,8 +371,10 @@ class Proxima:
         `status` is `degraded` if a service is down."""
         problems: list[str] = []
         vectors = queue_depth = None
+        models: list[dict[str, Any]] = []
         try:
-            vectors = self.backend.count()
+            models = self.model_indexes()
+            vectors = next((m["vectors"] for m in models if m["state"] == ACTIVE), None)
         except BackendError as exc:
             problems.append(f"vector backend: {exc}")
         try:
@@ -321,7 +391,86 @@ class Proxima:
             "capabilities": {"image_search": True, "text_search": self.model.has_text},
             "vectors": vectors,
             "queue_depth": queue_depth,
+            "models": models,
         }
+
+    # --- model changes: re-embed, activate, retire -------------------------------------------------------
+
+    def model_indexes(self) -> list[dict[str, Any]]:
+        """Every model identity with its state, index, vector count and re-embed job (the active one first)."""
+        out = []
+        for entry in self.catalog.entries(fresh=True):
+            job = self.jobs.get(entry.job_id) if entry.job_id else None
+            out.append({"slug": entry.slug, "state": entry.state, "model": entry.model.label(),
+                        "name": entry.model.name, "pretrained": entry.model.pretrained,
+                        "extractor": entry.model.extractor, "dim": entry.model.dim, "index": entry.index,
+                        "vectors": self.catalog.view(entry).count(), "created_at": entry.created_at,
+                        "activated_at": entry.activated_at, "activate_when_done": entry.activate_when_done,
+                        "job": job.as_dict() if job else None})
+        return out
+
+    def start_reembed(self, model: ModelInfo, *, activate_when_done: bool = False,
+                      if_idle: bool = False) -> tuple[str, IndexEntry]:
+        """Re-embed every stored image with `model` into its own index, in the background (a walk here, the
+        batches on the workers); returns (job id, catalogue entry). Run again after a crash, it re-does only
+        the images the new index lacks. `if_idle`: nothing new if a re-embed to `model` is already running."""
+        current = self.catalog.find(model)
+        if if_idle and current is not None and current.job_id:
+            job = self.jobs.get(current.job_id)
+            if job is not None and not job.finished and not job.interrupted:
+                return current.job_id, current
+        job_id, entry = self.begin_reembed(model, activate_when_done=activate_when_done)
+        stop = threading.Event()
+        self._in_background(job_id, "re-embed", stop, lambda: self.reembed_walk(entry, job_id, stop))
+        return job_id, entry
+
+    def begin_reembed(self, model: ModelInfo, *, activate_when_done: bool = False) -> tuple[str, IndexEntry]:
+        """The open job and the building index of a re-embed to `model` (`reembed_walk` then fills the job)."""
+        if not model.dim:
+            raise BadInput(f"the identity of {model.label()} has no dimension: identify the model first")
+        job_id = self.jobs.create(kind="reembed", sealed=False, path=model.label())
+        entry = self.catalog.add_building(model, job_id=job_id, activate_when_done=activate_when_done)
+        self.catalog.view(entry).ensure_schema(entry.model)
+        return job_id, entry
+
+    def reembed_walk(self, entry: IndexEntry, job_id: str, stop: threading.Event | None = None,
+                     on_progress: Callable[[ReembedStats], None] | None = None) -> ReembedStats:
+        """Queue the stored images `entry`'s index lacks, as batches of the open job `job_id`, then seal it."""
+        return walk_store(images=self.images, target=self.catalog.view(entry), jobs=self.jobs,
+                          job_id=job_id, slug=entry.slug, enqueue=self.send_reembed,
+                          batch_size=self.settings.effective_batch_size, queue_depth=self.queue.depth,
+                          max_queued=self.settings.ingest_max_queued, stop=stop,
+                          on_progress=on_progress or (lambda stats: None))
+
+    def send_reembed(self, job_id: str, batch_key: str, items: list[dict]) -> None:
+        self.queue.send_batch(REEMBED_BATCH, job_id, batch_key, items)
+        self.jobs.record_sent(job_id, batch_key, REEMBED_BATCH, items)
+
+    def completeness(self, slug: str) -> Completeness:
+        """How far `slug`'s index is from holding exactly the stored images."""
+        entry = self.catalog.get(slug)
+        return check_complete(self.images, self.catalog.view(entry))
+
+    def activate(self, slug: str, *, force: bool = False) -> IndexEntry:
+        """Serve searches from `slug`'s index from now on (every process within seconds). Refused (Conflict)
+        unless it holds exactly the stored images; `force` skips that check."""
+        entry = self.catalog.get(slug)
+        if entry.state != ACTIVE and not force:
+            report = self.completeness(slug)
+            if not report.complete:
+                raise Conflict(f"{slug} is not complete: {report.indexed} vectors for {report.stored} stored "
+                               f"images, {report.missing} missing; let its re-embed finish, or start it again "
+                               f"(POST /admin/models with the same model re-does only the missing ones)")
+        active = self.catalog.activate(slug)
+        log.info("model %s (%s) is now active", active.model.label(), slug)
+        return active
+
+    def retire(self, slug: str) -> IndexEntry:
+        """Delete a building or retired identity's index (its re-embed, if running, stops)."""
+        entry = self.catalog.get(slug)
+        if entry.job_id in self.walks:
+            self.walks[entry.job_id].set()
+        return self.catalog.remove(slug)
 
     def reconcile(self, *, requeue: bool = True, delete_orphans: bool = False,
                   on_progress: Callable[[ReconcileReport], None] | None = None) -> ReconcileReport:

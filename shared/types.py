@@ -25,7 +25,9 @@ exception up in `ERRORS`, the one table the API's handlers, the page's messages 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -80,6 +82,10 @@ class JobClosed(ProximaError):
     pass
 
 
+class Conflict(ProximaError):
+    """Not possible in the current state (retiring the active model, activating an incomplete index)."""
+
+
 class NotSupported(ProximaError):
     """Something the loaded model cannot do (text search with an image-only extractor)."""
 
@@ -125,6 +131,7 @@ ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Error
     (Forbidden, ErrorInfo("forbidden", 403)),
     (NotFound, ErrorInfo("not_found", 404)),
     (JobClosed, ErrorInfo("bad_input", 409)),
+    (Conflict, ErrorInfo("bad_input", 409)),
     (NotSupported, ErrorInfo("bad_input", 409)),
     (TooLarge, ErrorInfo("bad_input", 413)),
     (BackendUnavailable, ErrorInfo("unavailable", 503, "vector database unavailable, try again shortly: ", _RETRY)),
@@ -180,6 +187,7 @@ class ModelInfo:
     dim: int
     precision: str = ""
     extractor: str = DEFAULT_EXTRACTOR
+    config: str = field(default="", compare=False)  # a model config file the name came from (how to load it)
 
     @property
     def is_random(self) -> bool:
@@ -192,12 +200,21 @@ class ModelInfo:
         prefix = "" if self.extractor == DEFAULT_EXTRACTOR else f"{self.extractor}:"
         return f"{prefix}{self.name}/{pretrained}" + (f"/{self.precision}" if self.precision else "")
 
+    @property
+    def slug(self) -> str:
+        """A short stable name of this identity for index names: the model name made safe, then 8 hex digits of
+        a hash of `label()` (extractor, name, weights file name, precision; the dimension follows from them)."""
+        safe = re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")[:20].strip("_") or "model"
+        return f"{safe}_{hashlib.sha256(self.label().encode()).hexdigest()[:8]}"
+
     def to_json(self) -> str:
         data: dict[str, str | int] = {"name": self.name, "pretrained": self.pretrained, "dim": int(self.dim)}
         if self.precision:
             data["precision"] = self.precision
         if self.extractor != DEFAULT_EXTRACTOR:
             data["extractor"] = self.extractor
+        if self.config:
+            data["config"] = self.config
         return json.dumps(data)
 
     @classmethod
@@ -215,7 +232,7 @@ class ModelInfo:
         data = json.loads(text)
         return cls(name=str(data.get("name", "?")), pretrained=str(data.get("pretrained", "?")),
                    dim=int(data.get("dim", 0)), precision=str(data.get("precision", "")),
-                   extractor=str(data.get("extractor", DEFAULT_EXTRACTOR)))
+                   extractor=str(data.get("extractor", DEFAULT_EXTRACTOR)), config=str(data.get("config", "")))
 
 
 class Encoder(Protocol):
@@ -294,6 +311,7 @@ class BatchResult:
     done: int  # embedded, or already indexed (duplicates are part of done)
     errors: list[FileError]
     duplicates: int = 0
+    embedded: tuple[str, ...] = ()  # ids embedded by this batch (written to an index being built too)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from PIL import Image
 
-from scripts.devservices import REPO, Api, child_env, free_port, stop, wait_for
+from scripts.devservices import (
+    REPO,
+    Api,
+    Worker,
+    child_env,
+    create_database,
+    free_port,
+    stop,
+    wait_for,
+    write_tiny_model,
+)
 from scripts.synthetic import encode, jpeg, photo
+from shared.embedder import identify, settings_for
+from shared.services import Proxima
+from shared.types import ModelInfo
+from tests.conftest import _settings, _stack_env
 from ui.app import _status
 from ui.service import LocalService, Query, RemoteService, ServiceError
 from ui.text import TEXTS, language
@@ -251,7 +267,90 @@ def test_status_tab_and_spanish_labels(browser, api):
     text = status.inner_text()
     assert "Imágenes indexadas" in text and "Flower" in text
     assert page.locator("#px-status a").first.get_attribute("href").endswith(":5555/")
+    health = httpx.get(f"{api.url}/health").json()
+    slug = next(m["slug"] for m in health["models"] if m["state"] == "active")
+    row = page.wait_for_selector(f'#px-models tr[data-slug="{slug}"][data-state=active]')
+    assert row.query_selector(".px-vectors").inner_text() == str(health["vectors"])  # the images of this module
+    assert "activo" in row.inner_text() and "Vectores" in page.locator("#px-models").inner_text()
+    page.locator("#px-activate").click()  # nothing chosen
+    page.wait_for_function("document.querySelector('#px-activate-message').innerText.includes('Primero elige')")
     page.close()
+
+
+@pytest.fixture(scope="module")
+def switch_stack(redis_url, pg_url, tiny_model, tmp_path_factory):
+    """A stack of its own (Redis database 7, a PostgreSQL database of its own) whose model the test switches:
+    the shared stack's active model must not change under the other tests. Yields (settings, API)."""
+    env = _stack_env(tmp_path_factory, redis_url, tiny_model, 7, vector_backend="pgvector",
+                     database_url=create_database(pg_url, "ui_model_switch"))
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    logs = tmp_path_factory.mktemp("logs")
+    with ThreadPoolExecutor(1) as pool:  # both start at once, as `make up` starts them (schema changes are locked)
+        starting = pool.submit(Worker, env, logs / "ui-switch-worker.log")
+        try:
+            server = Api(env, logs / "ui-switch-api.log")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                starting.result().stop()
+            raise
+        try:
+            worker = starting.result()
+        except BaseException:
+            server.stop()
+            raise
+    yield _settings(env), server
+    server.stop()
+    worker.stop()
+
+
+def test_status_tab_follows_a_reembed_refuses_it_incomplete_and_activates_it(browser, switch_stack, tmp_path):
+    settings, server = switch_stack
+    files = [("files", (f"switch-{n}.jpg", jpeg(SEED + 400 + n))) for n in range(4)]
+    upload = httpx.post(f"{server.url}/images", files=files, timeout=30).json()["job_id"]
+    wait_for(lambda: httpx.get(f"{server.url}/jobs/{upload}").json()["state"] == "completed", 60, "indexing")
+    config, checkpoint = write_tiny_model(tmp_path / "model-b", seed=11)  # the same architecture, other weights
+    model_b = identify(settings_for(settings, ModelInfo(str(config), str(checkpoint), 0)))
+    proxima = Proxima.from_settings(settings)  # no model needed: it only queues the re-embed
+    try:
+        first = proxima.catalog.active(fresh=True)
+        assert first is not None and first.slug != model_b.slug
+        job_id, entry = proxima.begin_reembed(model_b)  # its index and an open job; nothing queued yet
+        page = open_page(browser, f"{server.url}/ui/")
+        page.get_by_role("tab", name="Status").click()
+        active = page.wait_for_selector(f'#px-models tr[data-slug="{first.slug}"][data-state=active]')
+        assert active.query_selector(".px-vectors").inner_text() == "4"
+        building = page.wait_for_selector(f'#px-models tr[data-slug="{entry.slug}"][data-state=building]')
+        assert building.query_selector(".px-vectors").inner_text() == "0"
+        assert building.query_selector(".px-progress").get_attribute("data-done") == "0"
+        assert "still going through the stored images" in building.inner_text()
+
+        page.locator("#px-activate-slug input").click()
+        page.get_by_role("option", name=f"{entry.slug} · building", exact=True).click()
+        page.locator("#px-activate").click()
+        refused = page.wait_for_selector("#px-activate-message .px-error").inner_text()
+        assert "not complete" in refused and "4 missing" in refused and "Traceback" not in refused
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "ui-status-reembed.png"), full_page=True)
+        with pytest.raises(ServiceError) as exc:  # the same refusal over HTTP (the page run on its own)
+            RemoteService(server.url).activate(entry.slug)
+        assert exc.value.kind == "bad_input" and "not complete" in exc.value.detail and "409" in exc.value.detail
+
+        proxima.reembed_walk(entry, job_id)  # the 4 stored images go to the worker; the job is sealed
+        # nobody clicks: the tab refreshes itself while the re-embed runs
+        done = page.wait_for_selector(f'#px-models tr[data-slug="{entry.slug}"] .px-progress[data-state=completed]',
+                                      timeout=90_000)
+        assert (done.get_attribute("data-done"), done.get_attribute("data-total")) == ("4", "4")
+        assert page.locator(f'#px-models tr[data-slug="{entry.slug}"] .px-vectors').inner_text() == "4"
+
+        page.locator("#px-activate").click()  # the choice is kept across refreshes
+        page.wait_for_selector(f'#px-models tr[data-slug="{entry.slug}"][data-state=active]')
+        assert "is now the active model" in page.locator("#px-activate-message").inner_text()
+        assert page.locator(f'#px-models tr[data-slug="{first.slug}"]').get_attribute("data-state") == "retired"
+        page.screenshot(path=str(OUTPUT / "ui-status-models.png"), full_page=True)
+        assert [m["slug"] for m in RemoteService(server.url).models() if m["state"] == "active"] == [entry.slug]
+        page.close()
+    finally:
+        proxima.close()
 
 
 def test_an_image_only_model_hides_the_text_search_and_says_why(browser, efficientnet_env, efficientnet_worker,
@@ -301,6 +400,10 @@ def test_remote_service_maps_api_errors(api):
     assert remote.similar(first.results[0].id, 3, Query({"collection": ["no such album"]})).results == []
     assert isinstance(remote.collections(), list)
     assert remote.status()["backend"] == "pgvector"
+    assert [m["state"] for m in remote.models()].count("active") == 1
+    with pytest.raises(ServiceError) as exc:
+        remote.activate("no_such_model_00000000")
+    assert exc.value.kind == "not_found" and "no model index" in exc.value.detail
 
 
 def test_local_service_calls_the_api_services(client):
@@ -322,6 +425,12 @@ def test_local_service_calls_the_api_services(client):
     assert exc.value.kind == "forbidden"
     assert isinstance(local.collections(), list)
     assert local.status()["model"]["dim"] == 64
+    active = [m for m in local.models() if m["state"] == "active"]
+    assert len(active) == 1 and active[0]["dim"] == 64
+    local.activate(active[0]["slug"])  # the active one: nothing to do
+    with pytest.raises(ServiceError) as exc:
+        local.activate("no_such_model_00000000")
+    assert exc.value.kind == "not_found"
 
 
 @pytest.mark.parametrize(("header", "lang"), [

@@ -1,4 +1,5 @@
-"""The Gradio page: search (image, webcam, text, more like this), add images, and status.
+"""The Gradio page: search (image, webcam, text, more like this), add images, and status (with the model
+identities, a re-embed's progress and the switch to another model).
 
 `build_ui(service)` works with any ProximaService: in the API process it gets a LocalService (same
 service functions as the routes, no HTTP round trip); `python -m ui --api URL` gives it a RemoteService.
@@ -26,11 +27,16 @@ log = logging.getLogger(__name__)
 
 MAX_TOP_K = 100
 POLL_S = 0.5
+MODELS_POLL_S = 2.0  # the status tab refreshes itself this often while a re-embed is running
 ERRORS_SHOWN = 200
 CSS = """
 #px-title, #px-title * { font-size: 1.5rem !important; font-weight: 600; }
 .px-progress progress { width: 100%; height: 1.4em; }
 .px-error { color: var(--error-text-color, #b91c1c); }
+.px-models { border-collapse: collapse; width: 100%; }
+.px-models th, .px-models td { padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+.px-models td.px-num { text-align: right; }
+.px-models td.px-reembed { min-width: 18em; }
 #px-results .fixed-height { max-height: none; min-height: 0; }  /* every result on the page, not a scroll box */
 """
 
@@ -236,19 +242,46 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         name = (collection or "").strip() or None
         yield from follow(lang, lambda: service.ingest_folder(path.strip(), recursive, name))
 
-    def status(request: gr.Request) -> tuple[dict[str, Any], str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def status(chosen: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """The status tab (health, the model identities, the activate picker) and what depends on the model."""
         lang = _lang(request)
         try:
             health = service.status()
         except Exception as exc:  # the text box stays as it is
-            return gr.update(visible=False), _error(lang, exc), gr.update(), gr.update(), gr.update()
+            return (gr.update(visible=False), _error(lang, exc), gr.update(), gr.update(), gr.update(), gr.update(),
+                    gr.update(), gr.update())
         model = health.get("model") or {}
         text_on = bool((health.get("capabilities") or {}).get("text_search", True))
         why = "" if text_on else t(lang, "text_search_off", model=f"{model.get('name')}/{model.get('pretrained')}",
                                    extractor=model.get("extractor", "?"))
+        try:  # /health carries the same list (one call instead of two); an API without it is asked directly
+            models = list(health["models"]) if "models" in health else service.models()
+        except Exception as exc:
+            table, picker, running = _error(lang, exc), gr.update(), False
+        else:
+            slugs = [(f"{m.get('slug')} · {_state_text(lang, m)}", str(m.get("slug")))
+                     for m in models if m.get("state") != "active"]
+            keep = chosen if chosen in {slug for _, slug in slugs} else None
+            table, picker = _models(lang, models), gr.update(choices=slugs, value=keep)
+            jobs = [_job(m) for m in models if m.get("state") == "building"]
+            running = any(job is not None and not job.finished for job in jobs)
         return (gr.update(value=t(lang, "random_warning"), visible=bool(model.get("random"))),
                 _status(lang, health, _flower_link(service.flower_url, request)),
-                gr.update(visible=text_on), gr.update(visible=text_on), gr.update(value=why, visible=not text_on))
+                gr.update(visible=text_on), gr.update(visible=text_on), gr.update(value=why, visible=not text_on),
+                table, picker, gr.Timer(active=running))
+
+    def activate(slug: str | None, request: gr.Request) -> str:
+        """Switch searches to another model's index. A write: with API_KEY set, the page mounted in the API asks
+        for the key before it shows anything (`mount(..., auth=...)`), and the page run on its own sends its
+        --api-key, which the API checks (POST /admin/models/{slug}/activate); without it the API refuses."""
+        lang = _lang(request)
+        if not slug:
+            return _note(t(lang, "no_model_chosen"))
+        try:
+            service.activate(slug)
+        except Exception as exc:  # e.g. the index is not complete yet: the API's reason, translated
+            return _error(lang, exc)
+        return _note(t(lang, "model_activated", slug=slug))
 
     with gr.Blocks(title="Proxima", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(i18n("title"), elem_id="px-title")
@@ -301,9 +334,18 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                     folder_btn = gr.Button(i18n("folder_btn"), elem_id="px-ingest-folder")
             progress = gr.HTML(elem_id="px-job-progress")
             errors = gr.HTML(elem_id="px-job-errors")
-        with gr.Tab(i18n("tab_status"), id="status"):
+        with gr.Tab(i18n("tab_status"), id="status") as status_tab:
             status_md = gr.Markdown(elem_id="px-status")
+            gr.Markdown(i18n("models_header"))
+            models_html = gr.HTML(elem_id="px-models")
+            # Activating is a write: behind the API key when one is set (see `activate` above).
+            with gr.Row(equal_height=True):
+                activate_slug = gr.Dropdown([], value=None, label=i18n("activate_model"), info=i18n("activate_info"),
+                                            scale=3, elem_id="px-activate-slug")
+                activate_btn = gr.Button(i18n("activate_btn"), scale=1, elem_id="px-activate")
+            activate_note = gr.HTML(elem_id="px-activate-message")
             refresh = gr.Button(i18n("refresh"), elem_id="px-refresh")
+            ticker = gr.Timer(MODELS_POLL_S, active=False)  # on while a re-embed runs: its progress bar moves
 
         found = [message, gallery, tiles, asked, more_btn]
         panel = [captured_from, captured_to, filter_collections, formats, camera, tags, min_score]
@@ -320,9 +362,13 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         folder_btn.click(ingest, [folder, recursive, upload_collection], [progress, errors],
                          concurrency_limit=None).then(collections, None, pickers, concurrency_limit=None)
         search_tab.select(collections, None, pickers, concurrency_limit=None)
-        shown_by_status = [banner, status_md, query_text, text_btn, text_off]
-        refresh.click(status, None, shown_by_status, concurrency_limit=None)
-        demo.load(status, None, shown_by_status, concurrency_limit=None)
+        shown_by_status = [banner, status_md, query_text, text_btn, text_off, models_html, activate_slug, ticker]
+        refresh.click(status, [activate_slug], shown_by_status, concurrency_limit=None)
+        status_tab.select(status, [activate_slug], shown_by_status, concurrency_limit=None)
+        ticker.tick(status, [activate_slug], shown_by_status, concurrency_limit=None, show_progress="hidden")
+        activate_btn.click(activate, [activate_slug], [activate_note], concurrency_limit=None).then(
+            status, [activate_slug], shown_by_status, concurrency_limit=None)
+        demo.load(status, [activate_slug], shown_by_status, concurrency_limit=None)
         demo.load(collections, None, pickers, concurrency_limit=None)
     return demo
 
@@ -331,14 +377,14 @@ def _progress(lang: str, job: Job) -> str:
     processed = job.done + job.failed
     text = t(lang, "job_progress", job=job.job_id, state=t(lang, f"state_{job.state.value}"),
              done=job.done, failed=job.failed, total=job.total)
-    if job.kind != "upload" and job.seen:
+    if job.kind not in ("upload", "reembed") and job.seen:
         text += t(lang, "job_seen", seen=job.seen, skipped=job.skipped)
     if job.rate_per_s:
         text += t(lang, "job_rate", rate=job.rate_per_s)
     if job.eta_s:
         text += t(lang, "job_eta", eta=job.eta_s)
     if job.walking:
-        text += t(lang, "job_walking")
+        text += t(lang, "job_walking_store" if job.kind == "reembed" else "job_walking")
     if job.interrupted:
         text += t(lang, "job_interrupted")
     maximum = max(job.total, 1)
@@ -385,6 +431,51 @@ def _status(lang: str, health: dict[str, Any], flower: str | None) -> str:
     lines.append("")
     lines.append(f"**{t(lang, 'status_problems')}**: " + "; ".join(problems) if problems else t(lang, "status_ok"))
     return "\n".join(lines)
+
+
+def _job(model: dict[str, Any]) -> Job | None:
+    """The re-embed job of one entry of `/admin/models` (None when there is none, or it is unreadable)."""
+    try:
+        return Job.from_dict(model["job"]) if model.get("job") else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _state_text(lang: str, model: dict[str, Any]) -> str:
+    state = str(model.get("state", ""))
+    return t(lang, f"model_state_{state}") if state in ("active", "building", "retired") else state
+
+
+def _models(lang: str, models: list[dict[str, Any]]) -> str:
+    """The model identities as a table: state, model, slug, dimension, vectors, and a building one's progress."""
+    if not models:
+        return _note(t(lang, "models_none"))
+    unknown = t(lang, "unknown")
+    head = "".join(f"<th>{html.escape(t(lang, key))}</th>" for key in (
+        "models_state", "models_model", "models_slug", "models_dim", "models_vectors", "models_progress"))
+    rows = []
+    for m in models:
+        state = str(m.get("state", ""))
+        job = _job(m)
+        if state != "building":
+            progress = ""
+        elif job is None:
+            progress = _note(t(lang, "model_no_job"))
+        else:
+            progress = _progress(lang, job)
+        if state == "building" and m.get("activate_when_done"):
+            progress += _note(t(lang, "model_activates_itself"))
+        vectors = m.get("vectors")
+        shown = html.escape(_state_text(lang, m))
+        rows.append(
+            f'<tr data-slug="{html.escape(str(m.get("slug", "")))}" data-state="{html.escape(state)}">'
+            f"<td>{f'<b>{shown}</b>' if state == 'active' else shown}</td>"
+            f"<td>{html.escape(str(m.get('model', unknown)))}</td>"
+            f"<td><code>{html.escape(str(m.get('slug', unknown)))}</code></td>"
+            f'<td class="px-num">{html.escape(str(m.get("dim") or "?"))}</td>'
+            f'<td class="px-num px-vectors">{html.escape(str(vectors) if vectors is not None else unknown)}</td>'
+            f'<td class="px-reembed">{progress}</td></tr>')
+    return f'<table class="px-models"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def mount(app: Any, service: ProximaService, *, path: str = "/ui", allowed_paths: list[str] | None = None,

@@ -8,6 +8,7 @@ Both raise `shared.types.ServiceError` with a kind the page turns into a readabl
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,6 +69,8 @@ class ProximaService(Protocol):
     def ingest_folder(self, path: str, recursive: bool, collection: str | None = None) -> str: ...
     def job(self, job_id: str) -> Job: ...
     def status(self) -> dict[str, Any]: ...
+    def models(self) -> list[dict[str, Any]]: ...
+    def activate(self, slug: str) -> None: ...
 
 
 def _label(files: list[Path]) -> str:
@@ -140,6 +143,14 @@ class LocalService:
     def status(self) -> dict[str, Any]:
         return self._proxima().health()
 
+    def models(self) -> list[dict[str, Any]]:
+        """Every model identity with its index, vector count and re-embed job (`Proxima.model_indexes`)."""
+        return self._run(lambda: self._proxima().model_indexes())
+
+    def activate(self, slug: str) -> None:
+        """Serve searches with `slug`'s index; ServiceError (bad_input) unless it holds every stored image."""
+        self._run(lambda: self._proxima().activate(slug))
+
 
 class RemoteService:
     """Against a running API over HTTP; result images are loaded by the browser from the API's URLs."""
@@ -185,3 +196,9 @@ class RemoteService:
 
     def status(self) -> dict[str, Any]:
         return self.client.health()
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self.client.call("GET", "/admin/models")["models"])
+
+    def activate(self, slug: str) -> None:
+        self.client.call("POST", f"/admin/models/{urllib.parse.quote(slug, safe='')}/activate")

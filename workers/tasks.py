@@ -15,23 +15,34 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_init
 
+from shared.backends import VectorBackend
+from shared.catalog import BUILDING, IndexEntry, Mirrored
 from shared.config import get_settings
 from shared.decode import Decoder, decode_mode
-from shared.embedder import Embedder, load_embedder
+from shared.embedder import Embedder, load_embedder, load_model
 from shared.ingest import ingest_files
 from shared.pipeline import embed_batch
-from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE
+from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE, REEMBED_BATCH
+from shared.reembed import batch_items, check_complete, reembed_batch
 from shared.services import Proxima
-from shared.types import BackendUnavailable, BatchResult, FileError, ProximaError, StageTimes
+from shared.types import (
+    BackendUnavailable,
+    BatchResult,
+    FileError,
+    ModelLoadError,
+    NotFound,
+    ProximaError,
+    StageTimes,
+)
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -43,8 +54,21 @@ RETRYABLE = (BackendUnavailable, redis.ConnectionError, redis.TimeoutError)
 @dataclass(frozen=True)
 class WorkerContext:
     proxima: Proxima
-    embedder: Embedder
+    embedder: Embedder  # the settings' model; `model()` gives the one a batch needs
     decoder: Decoder
+    ready: set[str] = field(default_factory=set)  # model indexes whose schema this process has checked
+
+    def model(self, entry: IndexEntry) -> tuple[VectorBackend, Embedder]:
+        """`entry`'s index (schema checked once per process) and its model (loaded on first use)."""
+        embedder = cast(Embedder, self.proxima.encoder_for(entry.model))
+        if embedder.info.slug != entry.slug:
+            raise ModelLoadError(f"this worker's settings load {entry.model.label()} as {embedder.info.label()} "
+                                 f"({embedder.info.slug}, not {entry.slug}); check EMBED_PRECISION")
+        view = self.proxima.catalog.view(entry)
+        if entry.slug not in self.ready:
+            view.ensure_schema(embedder.info)
+            self.ready.add(entry.slug)
+        return view, embedder
 
 
 _context_lock = threading.Lock()
@@ -60,7 +84,7 @@ def context() -> WorkerContext:
 def _build_context() -> WorkerContext:
     settings = get_settings()
     embedder = load_embedder(settings)
-    proxima = Proxima.from_settings(settings, encoder=embedder)
+    proxima = Proxima.from_settings(settings, encoder=embedder, load_encoder=lambda model: load_model(settings, model))
     proxima.check_index()
     threads = settings.decode_threads or os.cpu_count() or 1
     pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
@@ -131,7 +155,7 @@ class BatchTask(Task):
         else:
             why = f"internal error: {exc}"
             log.error("batch %s/%s failed: %s", job_id, batch_key, einfo)
-        errors = [FileError(i.get("id"), i.get("filename") or i["path"], why) for i in items]
+        errors = [FileError(i.get("id"), i.get("filename") or i.get("path") or i.get("id", "?"), why) for i in items]
         try:
             context().proxima.jobs.finish_batch(job_id, batch_key, done=0, errors=errors)
         except redis.RedisError:
@@ -148,14 +172,45 @@ def _account(job_id: str, batch_key: str, times: StageTimes, result: BatchResult
     return {"done": result.done, "failed": len(result.errors)}
 
 
+def _active(ctx: WorkerContext) -> tuple[VectorBackend, Embedder, list[IndexEntry]]:
+    """The active index (label changes and deletes mirrored to those being built), its model, and the
+    identities being built, read together."""
+    catalog = ctx.proxima.catalog
+    active = catalog.active()
+    if active is None:
+        return ctx.proxima.database, ctx.embedder, []
+    view, embedder = ctx.model(active)
+    building = catalog.building()
+    return (Mirrored(view, [catalog.view(e) for e in building]) if building else view), embedder, building
+
+
+def _write_to_building(ctx: WorkerContext, source: VectorBackend, building: list[IndexEntry],
+                       result: BatchResult) -> None:
+    """Images this batch indexed also go into the indexes being built, embedded with their models (dual
+    write during a re-embed). A failure here is logged, not the batch's: the re-embed's completeness check
+    finds what is missing and queues it again."""
+    for entry in building:
+        if not result.embedded:
+            return
+        try:
+            view, embedder = ctx.model(entry)
+            reembed_batch(batch_items(result.embedded, entry.slug), images=ctx.proxima.images, target=view,
+                          source=source, embedder=embedder, decoder=ctx.decoder)
+        except Exception:  # noqa: BLE001 - the upload itself succeeded; see the docstring
+            log.warning("could not write %d new images to %s (being built); its re-embed will redo them",
+                        len(result.embedded), entry.slug, exc_info=True)
+
+
 @app.task(name=EMBED_BATCH, base=BatchTask)
 def embed_batch_task(job_id: str, batch_key: str, items: list[dict[str, str]]) -> dict[str, int]:
     """Embed one batch of uploaded images (already in the store) for job `job_id`."""
     ctx, times = context(), StageTimes()
     p = ctx.proxima
     p.jobs.mark_running(job_id)
-    result = embed_batch(items, images=p.images, backend=p.backend, embedder=ctx.embedder, decoder=ctx.decoder,
+    backend, embedder, building = _active(ctx)
+    result = embed_batch(items, images=p.images, backend=backend, embedder=embedder, decoder=ctx.decoder,
                          times=times)
+    _write_to_building(ctx, backend, building, result)
     return _account(job_id, batch_key, times, result)
 
 
@@ -165,9 +220,63 @@ def ingest_files_task(job_id: str, batch_key: str, items: list[dict]) -> dict[st
     ctx, times = context(), StageTimes()
     p = ctx.proxima
     p.jobs.mark_running(job_id)
-    result = ingest_files(items, images=p.images, backend=p.backend, embedder=ctx.embedder, manifest=p.manifest,
+    backend, embedder, building = _active(ctx)
+    result = ingest_files(items, images=p.images, backend=backend, embedder=embedder, manifest=p.manifest,
                           decoder=ctx.decoder, times=times)
+    _write_to_building(ctx, backend, building, result)
     return _account(job_id, batch_key, times, result)
+
+
+@app.task(name=REEMBED_BATCH, base=BatchTask)
+def reembed_batch_task(job_id: str, batch_key: str, items: list[dict[str, str]]) -> dict[str, int]:
+    """Embed stored images with the model `items[i]["model"]` names, into its index (a re-embed job)."""
+    ctx, times = context(), StageTimes()
+    p = ctx.proxima
+    p.jobs.mark_running(job_id)
+    try:
+        entry = p.catalog.get(items[0]["model"])
+    except NotFound as exc:  # retired while its batches were queued
+        result = BatchResult(done=0, errors=[FileError(i["id"], i["id"], str(exc)) for i in items])
+        return _account(job_id, batch_key, times, result)
+    view, embedder = ctx.model(entry)
+    active = p.catalog.active()
+    source = p.catalog.view(active) if active is not None and active.slug != entry.slug else None
+    result = reembed_batch(items, images=p.images, target=view, source=source, embedder=embedder,
+                           decoder=ctx.decoder, times=times)
+    counts = _account(job_id, batch_key, times, result)
+    if entry.activate_when_done:
+        _activate_when_complete(job_id, entry.slug)
+    return counts
+
+
+def _activate_when_complete(job_id: str, slug: str) -> None:
+    """After a re-embed's last batch: activate its index if complete; images that slipped past it (uploaded
+    as it started) are queued into the same job first, and the check runs again when they are done."""
+    p = context().proxima
+    job = p.jobs.get(job_id)
+    if job is None or not job.finished or not p.redis.set(f"proxima:activating:{slug}", 1, nx=True, ex=300):
+        return
+    try:
+        entry = p.catalog.get(slug)
+        if entry.state != BUILDING or not entry.activate_when_done:
+            return
+        missing: list[str] = []
+        report = check_complete(p.images, p.catalog.view(entry), missing_ids=missing)
+        if report.complete:
+            p.activate(slug)
+            return
+        failed = {e.id for e in job.errors}
+        todo = [image_id for image_id in missing if image_id not in failed]
+        if not todo:
+            log.error("re-embed %s: %s not activated: %s", job_id, slug, report.as_dict())
+            return
+        log.info("re-embed %s: %d images slipped past it; queueing them before activating", job_id, len(todo))
+        p.jobs.add(job_id, counts={"total": len(todo), "seen": len(todo)})
+        size = p.settings.effective_batch_size
+        for n, start in enumerate(range(0, len(todo), size)):
+            p.send_reembed(job_id, f"catch-up-{time.time_ns()}-{n}", batch_items(todo[start:start + size], slug))
+    finally:
+        p.redis.delete(f"proxima:activating:{slug}")
 
 
 @app.task(name=RECONCILE, acks_late=False)

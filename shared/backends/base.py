@@ -119,9 +119,14 @@ class Hit:
 
 class VectorBackend(Protocol):
     """One collection of L2-normalised image vectors keyed by image id (SHA-256 hex), with each image's
-    metadata (`ImageRecord`) stored beside its vector so filters run inside the vector search."""
+    metadata (`ImageRecord`) stored beside its vector so filters run inside the vector search.
+
+    A backend object is bound to one index (a table or collection: `index`); a database holds one index per
+    model identity (`shared.catalog`), reached through views (`for_index`) that share the connections, and a
+    small key → value catalogue saying which index is active."""
 
     name: str
+    index: str  # the physical index (table / collection name) this object reads and writes
 
     def ensure_schema(self, model: ModelInfo) -> None:
         """Create the collection and index for `model` if missing, recording its identity; idempotent.
@@ -159,6 +164,25 @@ class VectorBackend(Protocol):
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
         """Every record with its vector, in batches ordered by id (for migrations and audits)."""
+
+    def for_index(self, index: str) -> VectorBackend:
+        """A view of the same database bound to the index named `index` (created by its `ensure_schema`),
+        sharing this object's connections and settings. Closing a view releases nothing; closing the object
+        the views came from closes them all. `index` is built by `shared.catalog.index_name` (letters, digits
+        and _), never from client input."""
+
+    def stored_model(self) -> ModelInfo | None:
+        """The model identity recorded with this index; None if the index does not exist."""
+
+    def drop(self) -> None:
+        """Delete this index with its vectors and recorded identity; nothing happens if it does not exist."""
+
+    def read_catalog(self) -> dict[str, str]:
+        """The database's catalogue: a few short keys and JSON values (`shared.catalog` owns their meaning),
+        kept beside the index named when the backend was configured, whatever index this view is bound to."""
+
+    def write_catalog(self, key: str, value: str | None) -> None:
+        """Set one catalogue key (None deletes it). Each write is atomic: a reader sees the old or the new value."""
 
     def close(self) -> None:
         """Release connections."""

@@ -2,6 +2,10 @@
 
 One real-time table holds the vectors in a `float_vector` attribute with an HNSW index
 (`hnsw_similarity='COSINE'`) beside the image metadata; a small second table keeps the model identity.
+One index per model identity (`shared.catalog`): `for_index` views use the tables `<index>` and `<index>_meta`
+through the same connections, and the catalogue is the table `<table>_catalog` (`key_name`, `value` string
+attributes; document id = 63 bits of a BLAKE2b hash of the key, one REPLACE or DELETE per write) of the table
+the backend was built with.
 
 Ids. Manticore document ids are unsigned 64-bit integers, ours are SHA-256 hex strings. The document id is
 a 64-bit BLAKE2b hash of the image id masked to 63 bits (some clients treat ids as signed), with 0 (an
@@ -53,6 +57,7 @@ Statements follow the Manticore manual pages named beside them (manual/english/.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -82,6 +87,7 @@ _ID_MASK = (1 << 63) - 1
 _IMAGE_ID = re.compile(r"[0-9a-fA-F]{64}")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,127}")
 _MODEL_ROW = 1  # document id of the model identity row in the meta table
+_CATALOG_ROWS = 10_000  # LIMIT / max_matches of a catalogue read (searchd returns 20 rows by default)
 
 # One statement stays far below searchd's max_allowed_packet (128 MiB by default): a bigger one is not an
 # error reply but a reset connection, which would look like a server that is down.
@@ -127,6 +133,12 @@ _WRITE_COLUMNS = ", ".join(("id", "embedding", *_READ_COLUMNS, *(name for name, 
 _ROW_PLACEHOLDERS = "(" + ", ".join(["%s"] * (2 + _N_RECORD + len(_LABEL_KEY_COLUMNS))) + ")"
 # Strings compare byte for byte (UTF-8 byte order = code point order), not by the server's libc_ci default.
 _SESSION_SETUP = "SET collation_connection = binary"
+
+
+def catalog_id(key: str) -> int:
+    """The document id of a catalogue key: 63 bits of a BLAKE2b hash of its UTF-8, never 0."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") & _ID_MASK) or 1
 
 
 def doc_id(image_id: str) -> int:
@@ -370,7 +382,27 @@ def _by_size(rows: list[list[Any]], limit: int) -> Iterator[list[list[Any]]]:
         yield run
 
 
+class _Pool:
+    """The idle connections a backend and its views (`for_index`) share."""
+
+    __slots__ = ("idle", "lock")
+
+    def __init__(self) -> None:
+        self.idle: list[pymysql.connections.Connection] = []
+        self.lock = threading.Lock()
+
+
+def _check_identifier(*names: str) -> None:
+    for ident in names:
+        if not _IDENTIFIER.fullmatch(ident):
+            raise ValueError(f"table names are lower-case letters, digits and _ (at most 128): {ident!r}")
+
+
 class ManticoreBackend:
+    """Bound to one table (`index`, the `table` it was built with) and its meta table. `for_index` gives views
+    on other tables of the same server, sharing the connections; the catalogue is the table
+    `<table>_catalog` of the object the views came from."""
+
     name = "manticore"
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, user: str | None = None,
@@ -392,14 +424,17 @@ class ManticoreBackend:
             raise ValueError(f"quantization is one of {sorted(QUANTIZATIONS)}, got {quantization!r}")
         if meta_table is None:
             meta_table = "proxima_meta" if table == "proxima_images" else f"{table}_meta"
-        for ident in (table, meta_table):
-            if not _IDENTIFIER.fullmatch(ident):
-                raise ValueError(f"table names are lower-case letters, digits and _: {ident!r}")
-        if table == meta_table:
-            raise ValueError("table and meta_table must differ")
+        catalog_table = f"{table}_catalog"
+        _check_identifier(table, meta_table, catalog_table)
+        if len({table, meta_table, catalog_table}) < 3:
+            raise ValueError("table, meta_table and the catalogue table (<table>_catalog) must differ")
         self.host, self.port = host, int(port)
         self.user, self.password, self.database = user, password, database
         self.table, self.meta_table = table, meta_table
+        # The root object's table and meta table, and its catalogue: views keep them (for_index).
+        self._root_tables = (table, meta_table)
+        self.catalog_table = catalog_table
+        self._is_view = False
         self.ef_search = int(ef_search)
         self.hnsw_m = int(hnsw_m)
         self.hnsw_ef_construction = int(hnsw_ef_construction)
@@ -412,8 +447,35 @@ class ManticoreBackend:
         self.pool_size = int(pool_size)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._idle: list[pymysql.connections.Connection] = []
-        self._lock = threading.Lock()
+        self._pool = _Pool()
+        self._connector = self  # whose _connect opens connections (the root object's, for views)
+
+    @property
+    def index(self) -> str:
+        """The table this object reads and writes."""
+        return self.table
+
+    @property
+    def _idle(self) -> list[pymysql.connections.Connection]:
+        return self._pool.idle
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return self._pool.lock
+
+    def for_index(self, index: str) -> ManticoreBackend:
+        """A view bound to table `index` (meta table `<index>_meta`; the root's own table keeps its meta
+        table), with the same connections, settings and catalogue. Its close() releases nothing."""
+        root_table, root_meta = self._root_tables
+        meta = root_meta if index == root_table else f"{index}_meta"
+        _check_identifier(index, meta)
+        if index != root_table and {index, meta} & {root_table, root_meta, self.catalog_table}:
+            raise ValueError(f"{index!r} would share a table with {root_table!r}, its meta table or catalogue")
+        view = copy.copy(self)
+        view.table, view.meta_table = index, meta
+        view._table_quantized = None
+        view._is_view = True
+        return view
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> ManticoreBackend:
@@ -447,7 +509,7 @@ class ManticoreBackend:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return self._connect()
+                return self._connector._connect()
             try:
                 conn.ping(reconnect=False)
                 return conn
@@ -477,19 +539,25 @@ class ManticoreBackend:
             self._checkin(conn)
 
     def close(self) -> None:
+        """Close the idle connections (the root object; a view's close releases nothing)."""
+        if self._is_view:
+            return
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle = self._idle[:]
+            self._idle.clear()
         for conn in idle:
             _close_quietly(conn)
 
     def _sql(self, template: str, **fragments: str) -> str:
         """A statement with identifiers and this module's constant fragments put in; values stay `%s`.
 
-        `{table}` and `{meta}` are the table names, checked against `_IDENTIFIER` in __init__, and
+        `{table}`, `{meta}` and `{catalog}` are the table names, checked against `_IDENTIFIER` in __init__
+        and for_index, and
         `{record}` is the metadata column list; callers pass only fragments built in this module from its
         constants and ints (column lists, `_conditions` fragments, knn options).
         """
-        parts = {"table": self.table, "meta": self.meta_table, "record": _RECORD_COLUMNS, **fragments}
+        parts = {"table": self.table, "meta": self.meta_table, "catalog": self.catalog_table,
+                 "record": _RECORD_COLUMNS, **fragments}
         for key, text in parts.items():
             template = template.replace("{" + key + "}", text)
         return template
@@ -571,10 +639,56 @@ class ManticoreBackend:
                 if name not in self._stored_schema(cur)[1]:
                     raise
 
-    def _exists(self, cur: pymysql.cursors.Cursor) -> bool:
+    def _exists(self, cur: pymysql.cursors.Cursor, table: str | None = None) -> bool:
+        """Whether `table` (default: the bound one) exists."""
+        table = self.table if table is None else table
         # Listing_tables.md: SHOW TABLES LIKE takes a pattern, where _ is a wildcard, so compare exactly.
-        cur.execute("SHOW TABLES LIKE %s", (self.table,))
-        return any(_text(row[0]) == self.table for row in cur.fetchall())
+        cur.execute("SHOW TABLES LIKE %s", (table,))
+        return any(_text(row[0]) == table for row in cur.fetchall())
+
+    # --- indexes and catalogue -----------------------------------------------------------------
+
+    def stored_model(self) -> ModelInfo | None:
+        with self._cursor() as cur:
+            if not self._exists(cur) or not self._exists(cur, self.meta_table):
+                return None
+            cur.execute(self._sql("SELECT value FROM {meta} WHERE id = %s"), (_MODEL_ROW,))
+            row = cur.fetchone()
+        return ModelInfo.from_json(_text(row[0])) if row else None
+
+    def drop(self) -> None:
+        """Drop the bound table and its meta table (the catalogue stays as it is)."""
+        with self._cursor() as cur:
+            cur.execute(self._sql("DROP TABLE IF EXISTS {table}"))
+            cur.execute(self._sql("DROP TABLE IF EXISTS {meta}"))
+
+    def read_catalog(self) -> dict[str, str]:
+        with self._cursor() as cur:
+            return self._read_catalog(cur)
+
+    def _read_catalog(self, cur: pymysql.cursors.Cursor) -> dict[str, str]:
+        if not self._exists(cur, self.catalog_table):
+            return {}
+        cur.execute(self._sql("SELECT key_name, value FROM {catalog} LIMIT %s OPTION max_matches=%s"),
+                    (_CATALOG_ROWS, _CATALOG_ROWS))
+        return {_text(key): _text(value) for key, value in cur.fetchall()}
+
+    def write_catalog(self, key: str, value: str | None) -> None:
+        """One REPLACE (or DELETE) of the key's document: atomic for that key (Updating_documents/REPLACE.md).
+        Keys and values are any text but NUL, which Manticore reads back as a space (`\\0` in its SQL lexer;
+        JSON writes it as an escape)."""
+        if "\x00" in key or (value is not None and "\x00" in value):
+            raise ValueError("catalogue keys and values cannot hold NUL characters")
+        with self._cursor() as cur:
+            if value is None:
+                if self._exists(cur, self.catalog_table):
+                    cur.execute(self._sql("DELETE FROM {catalog} WHERE id = %s"), (catalog_id(key),))
+                return
+            cur.execute(self._sql(
+                "CREATE TABLE IF NOT EXISTS {catalog} (key_name string attribute, value string attribute)"
+            ))
+            cur.execute(self._sql("REPLACE INTO {catalog} (id, key_name, value) VALUES (%s, %s, %s)"),
+                        (catalog_id(key), str(key), str(value)))
 
     # --- data ----------------------------------------------------------------------------------
 
@@ -796,10 +910,36 @@ class ManticoreBackend:
             return {_text(row[0]): _text(row[1]) for row in cur.fetchall()}
 
     def drop_tables(self) -> None:
-        """Drop both tables (tests and re-indexing)."""
+        """Drop every table of this database (tests and re-indexing): the index tables the catalogue lists with
+        their meta tables, the catalogue, then the bound table and its meta table."""
         with self._cursor() as cur:
+            for index in self._catalog_indexes(self._read_catalog(cur)):
+                if index not in (self.table, self._root_tables[0]):
+                    view = self.for_index(index)
+                    cur.execute(view._sql("DROP TABLE IF EXISTS {table}"))
+                    cur.execute(view._sql("DROP TABLE IF EXISTS {meta}"))
+            cur.execute(self._sql("DROP TABLE IF EXISTS {catalog}"))
+            if self.table != self._root_tables[0]:
+                cur.execute(self._sql("DROP TABLE IF EXISTS {table}", table=self._root_tables[0]))
+                cur.execute(self._sql("DROP TABLE IF EXISTS {meta}", meta=self._root_tables[1]))
             cur.execute(self._sql("DROP TABLE IF EXISTS {table}"))
             cur.execute(self._sql("DROP TABLE IF EXISTS {meta}"))
+
+    @staticmethod
+    def _catalog_indexes(catalog: dict[str, str]) -> list[str]:
+        """The index tables named by the catalogue's `model:` entries (valid names only)."""
+        indexes: list[str] = []
+        for key, value in catalog.items():
+            if not key.startswith("model:"):
+                continue
+            try:
+                index = json.loads(value).get("index")
+            except (ValueError, AttributeError):
+                log.warning("catalogue entry %s is not a JSON object; its index is left alone", key)
+                continue
+            if isinstance(index, str) and _IDENTIFIER.fullmatch(index) and _IDENTIFIER.fullmatch(f"{index}_meta"):
+                indexes.append(index)
+        return indexes
 
 
 def _translate_errors():

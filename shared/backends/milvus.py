@@ -41,6 +41,14 @@ swapped (`<name>` -> `<name>__previous`, `<name>__upgrade` -> `<name>`, then the
 Every step is idempotent and chosen from which of the three collections exist, so a crash anywhere is
 finished by the next start (rows already copied are skipped, not rewritten). Stop writers while it runs.
 
+Indexes and catalogue. One collection per model identity: views (`for_index`) bound to another collection
+share the backend's one client (closing a view releases nothing). The catalogue (`read_catalog` /
+`write_catalog`) is the collection `<collection>_catalog`, named after the collection the backend was
+configured with: a VARCHAR primary key `key`, a VARCHAR `value` (65535 bytes) and, since Milvus wants a
+vector field, a 2-dimensional `vector` with a FLAT index. A write is one upsert (or delete) of one row,
+read back with Strong consistency. `drop` drops a collection (and the leftovers of an interrupted
+upgrade of it), never the catalogue.
+
 Consistency: collections use `Strong`. The writer (a worker) and the reader (the API) are different
 clients, so `Session` would not let a search see a batch another process just finished; `Bounded`
 (Milvus' default) may hide it for a moment. Strong costs a little latency per query and makes "job
@@ -49,6 +57,7 @@ completed, so its images are searchable" true.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -83,6 +92,9 @@ _NO_SERVER = 2  # pymilvus: "Fail connecting to server" (what a stopped server g
 _UPGRADE_SUFFIX = "__upgrade"  # the new-schema copy of a first-release collection, while it is being made
 _PREVIOUS_SUFFIX = "__previous"  # the first-release collection once the copy has taken its name
 _FILTERED_EF_FACTOR = 2  # filtered searches explore this many times the usual candidates (at least 8 per result)
+_CATALOG_SUFFIX = "_catalog"  # the catalogue collection: `<collection>_catalog`, beside the configured collection
+_CATALOG_LIMIT = 16384  # catalogue rows read at most (a few per model identity)
+_INDEX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 
 def connect(uri: str, *, token: str = "", timeout: float = 30.0) -> Any:
@@ -94,6 +106,29 @@ def connect(uri: str, *, token: str = "", timeout: float = 30.0) -> Any:
     return MilvusClient(uri, token=token, timeout=timeout, grpc_options=_GRPC_OPTIONS)
 
 
+class _Connection:
+    """The one `MilvusClient` of a backend and its views (made on first use), and what is known of the server."""
+
+    def __init__(self, uri: str, *, token: str, timeout: float) -> None:
+        self.uri, self.token, self.timeout = uri, token, timeout
+        self.client: Any = None
+        self.lock = threading.Lock()
+        self.templates: bool | None = None  # whether the server binds expression parameters (probed once)
+        self.catalog_seen = False  # the catalogue collection exists and is loaded
+
+    def get(self) -> Any:
+        with self.lock:
+            if self.client is None:
+                self.client = connect(self.uri, token=self.token, timeout=self.timeout)
+            return self.client
+
+    def close(self) -> None:
+        with self.lock:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+
+
 class MilvusBackend:
     name = "milvus"
 
@@ -102,14 +137,18 @@ class MilvusBackend:
         if not uri:
             raise BackendError("VECTOR_BACKEND=milvus needs MILVUS_URI (http://host:19530 or a local path)")
         self.uri = uri
-        self.collection = collection
+        self.index = collection  # the collection this object reads and writes
         self.ef_search = ef_search
         self._hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}  # index build parameters
-        self._token, self._timeout = token, timeout
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._shared = _Connection(uri, token=token, timeout=timeout)  # shared with the views (`for_index`)
+        self._owner = True  # closing it closes the connection; a view's close releases nothing
+        self._catalog = collection + _CATALOG_SUFFIX  # the database's catalogue, whatever the view
         self._collection_seen = False  # once it exists, reads skip the has_collection round trip
-        self._templates: bool | None = None  # whether the server binds expression parameters (probed once)
+
+    @property
+    def collection(self) -> str:
+        """The collection name (`index`), under the name of the constructor's parameter."""
+        return self.index
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MilvusBackend:
@@ -118,14 +157,20 @@ class MilvusBackend:
                    hnsw_m=settings.milvus_hnsw_m, hnsw_ef_construction=settings.milvus_hnsw_ef_construction,
                    ef_search=settings.milvus_ef_search)
 
+    def for_index(self, index: str) -> MilvusBackend:
+        """A view bound to the collection `index`, sharing this object's client (and its catalogue)."""
+        if not _INDEX_NAME.fullmatch(index):
+            raise BackendError(f"not a Milvus collection name: {index[:80]!r}")
+        view = copy.copy(self)
+        view.index = index
+        view._owner = False
+        view._collection_seen = False
+        return view
+
     @contextmanager
     def _conn(self) -> Iterator[Any]:
         with _translate_errors():
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self.uri, token=self._token, timeout=self._timeout)
-                client = self._client
-            yield client
+            yield self._shared.get()
 
     def _read(self, op: Callable[[Any], Any]) -> Any:
         """Run a read; a collection the server released (e.g. after a restart) is loaded and read again."""
@@ -133,7 +178,7 @@ class MilvusBackend:
 
         with self._conn() as client:
             if not self._collection_seen:
-                if not client.has_collection(self.collection):
+                if not client.has_collection(self.index):
                     return None
                 self._collection_seen = True
             try:
@@ -141,28 +186,94 @@ class MilvusBackend:
             except MilvusException as exc:
                 if exc.code != _COLLECTION_NOT_LOADED:
                     raise
-                client.load_collection(self.collection)
+                client.load_collection(self.index)
                 return op(client)
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        if self._owner:
+            self._shared.close()
+
+    # --- indexes and the catalogue ---------------------------------------------------------------
+
+    def stored_model(self) -> ModelInfo | None:
+        with self._conn() as client:
+            if not client.has_collection(self.index):
+                return None
+            return _stored_model(client.describe_collection(self.index))
+
+    def drop(self) -> None:
+        """Drop the collection, with what an interrupted schema upgrade of it left (the catalogue stays)."""
+        with self._conn() as client:
+            for name in (self.index + _UPGRADE_SUFFIX, self.index + _PREVIOUS_SUFFIX, self.index):
+                if client.has_collection(name):
+                    client.drop_collection(name)
+        self._collection_seen = False
+
+    def read_catalog(self) -> dict[str, str]:
+        from pymilvus.exceptions import MilvusException
+
+        with self._conn() as client:
+            if not client.has_collection(self._catalog):
+                return {}
+
+            def query() -> list[dict[str, Any]]:
+                return client.query(self._catalog, filter='key != ""', output_fields=["key", "value"],
+                                    limit=_CATALOG_LIMIT, consistency_level="Strong")
+
+            try:
+                rows = query()
+            except MilvusException as exc:
+                if exc.code != _COLLECTION_NOT_LOADED:
+                    raise
+                client.load_collection(self._catalog)
+                rows = query()
+        return {row["key"]: row["value"] for row in rows}
+
+    def write_catalog(self, key: str, value: str | None) -> None:
+        with self._conn() as client:
+            if value is None:
+                if client.has_collection(self._catalog):
+                    client.delete(self._catalog, ids=[key])
+                return
+            if not self._shared.catalog_seen:
+                self._create_catalog(client)
+                self._shared.catalog_seen = True
+            client.upsert(self._catalog, [{"key": key, "value": value, "vector": [1.0, 0.0]}])
+
+    def _create_catalog(self, client: Any) -> None:
+        """The catalogue collection: a VARCHAR key and value (Milvus wants a vector field too: a tiny one)."""
+        from pymilvus import DataType, MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        if not client.has_collection(self._catalog):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                                description="proxima model catalogue")
+            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=256)
+            schema.add_field("value", DataType.VARCHAR, max_length=65535)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)
+            index = client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+            try:
+                client.create_collection(self._catalog, schema=schema, index_params=index,
+                                         consistency_level="Strong")
+            except MilvusException:
+                if not client.has_collection(self._catalog):  # not another process creating it first
+                    raise
+        client.load_collection(self._catalog)
 
     # --- schema --------------------------------------------------------------------------------
 
     def ensure_schema(self, model: ModelInfo) -> None:
         with self._conn() as client:
             self._finish_upgrade(client, model)
-            if client.has_collection(self.collection):
-                description = client.describe_collection(self.collection)
-                self._check(description, model, self.collection)
+            if client.has_collection(self.index):
+                description = client.describe_collection(self.index)
+                self._check(description, model, self.index)
                 if not _is_current(description):
                     self._upgrade(client, model)
-                client.load_collection(self.collection)
+                client.load_collection(self.index)
                 return
-            self._create(client, self.collection, model)
+            self._create(client, self.index, model)
 
     def _check(self, description: dict[str, Any], model: ModelInfo, name: str) -> None:
         check_model(_stored_model(description), model, index=f"the Milvus collection {name!r}")
@@ -206,10 +317,10 @@ class MilvusBackend:
 
     def _upgrade(self, client: Any, model: ModelInfo) -> None:
         """Copy the first-release collection into one with the current schema, then swap the names."""
-        target = self.collection + _UPGRADE_SUFFIX
+        target = self.index + _UPGRADE_SUFFIX
         if not client.has_collection(target):
             self._create(client, target, model)
-        self._copy(client, self.collection, target)
+        self._copy(client, self.index, target)
         self._finish_upgrade(client, model)
 
     def _copy(self, client: Any, source: str, target: str) -> None:
@@ -232,7 +343,7 @@ class MilvusBackend:
         """Complete an upgrade a crash interrupted, from which collections exist: the old one under its own
         name (copy again, then swap), under `__previous` (rename the copy, drop it) or only the copy left
         beside the new one (drop the old)."""
-        name, target, previous = self.collection, self.collection + _UPGRADE_SUFFIX, self.collection + _PREVIOUS_SUFFIX
+        name, target, previous = self.index, self.index + _UPGRADE_SUFFIX, self.index + _PREVIOUS_SUFFIX
         if not client.has_collection(target) and not client.has_collection(previous):
             return
         if client.has_collection(target):
@@ -262,12 +373,12 @@ class MilvusBackend:
             for start in range(0, len(batch), _MAX_BATCH):
                 chunk = batch[start:start + _MAX_BATCH]
                 stored = self._labels(client, [rec.id for rec, _ in chunk])
-                client.upsert(self.collection, [_row(merge_labels(rec, stored.get(rec.id)), vec)
+                client.upsert(self.index, [_row(merge_labels(rec, stored.get(rec.id)), vec)
                                                 for rec, vec in chunk])
 
     def _labels(self, client: Any, ids: list[str]) -> dict[str, ImageRecord]:
         """The stored labels of these ids, as records carrying only them (for `merge_labels`)."""
-        rows = client.get(self.collection, ids=ids, output_fields=["collections", "tags"])
+        rows = client.get(self.index, ids=ids, output_fields=["collections", "tags"])
         return {r["id"]: ImageRecord(id=r["id"], filename="", size_bytes=0, format="", width=0, height=0, model="",
                                      collections=tuple(r["collections"] or ()), tags=tuple(r["tags"] or ()))
                 for r in rows}
@@ -279,7 +390,7 @@ class MilvusBackend:
             chunk = ids[start:start + _MAX_BATCH]
 
             def stored(client: Any, chunk: list[str] = chunk) -> Any:
-                return client.get(self.collection, ids=chunk, output_fields=[*_META_FIELDS, "embedding"])
+                return client.get(self.index, ids=chunk, output_fields=[*_META_FIELDS, "embedding"])
 
             rows = self._read(stored) or []
             if not rows:
@@ -288,12 +399,12 @@ class MilvusBackend:
             updated = [_row(_record(r["id"], r).with_labels(*labels[r["id"]]), np.asarray(r["embedding"], np.float32))
                        for r in rows]
             with self._conn() as client:
-                client.upsert(self.collection, updated)
+                client.upsert(self.index, updated)
         return found
 
     def supports_filters(self) -> bool:
         """Whether this server binds expression parameters (`filter_params`, Milvus >= 2.5); asked once."""
-        if self._templates is None:
+        if self._shared.templates is None:
             from pymilvus.exceptions import MilvusException
 
             def probe(client: Any) -> bool:
@@ -301,7 +412,7 @@ class MilvusBackend:
                 level = pymilvus_log.level
                 pymilvus_log.setLevel(logging.CRITICAL)  # the refusal is expected on older engines
                 try:
-                    client.query(self.collection, filter="id in {ids}", filter_params={"ids": [""]},
+                    client.query(self.index, filter="id in {ids}", filter_params={"ids": [""]},
                                  output_fields=["id"])
                     return True
                 except MilvusException as exc:
@@ -316,8 +427,8 @@ class MilvusBackend:
             templates = self._read(probe)
             if templates is None:  # no collection yet: nothing to filter, ask again once there is one
                 return False
-            self._templates = templates
-        return self._templates
+            self._shared.templates = templates
+        return self._shared.templates
 
     def _filter(self, where: SearchFilter | None) -> tuple[str, dict[str, Any]]:
         """The expression and its parameters for `where` ("" for no filter). Where the server cannot bind
@@ -336,7 +447,7 @@ class MilvusBackend:
         ef = max(self.ef_search, limit) if not expr else max(_FILTERED_EF_FACTOR * self.ef_search, 8 * limit)
         query = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
         result = self._read(lambda client: client.search(
-            self.collection, data=[query], limit=limit, output_fields=_META_FIELDS, filter=expr,
+            self.index, data=[query], limit=limit, output_fields=_META_FIELDS, filter=expr,
             filter_params=params, search_params={"metric_type": "COSINE", "params": {"ef": ef}},
         ))
         if not result:
@@ -349,13 +460,13 @@ class MilvusBackend:
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         if not ids:
             return {}
-        rows = self._read(lambda client: client.get(self.collection, ids=list(ids), output_fields=_META_FIELDS))
+        rows = self._read(lambda client: client.get(self.index, ids=list(ids), output_fields=_META_FIELDS))
         return {row["id"]: _record(row["id"], row) for row in rows or []}
 
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         if not ids:
             return {}
-        rows = self._read(lambda client: client.get(self.collection, ids=list(ids), output_fields=["embedding"]))
+        rows = self._read(lambda client: client.get(self.index, ids=list(ids), output_fields=["embedding"]))
         return {row["id"]: np.asarray(row["embedding"], dtype=np.float32) for row in rows or []}
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -364,18 +475,18 @@ class MilvusBackend:
         existing = list(self.get(ids))  # Milvus reports the ids it was given, not the ones it removed
         if existing:
             with self._conn() as client:
-                client.delete(self.collection, ids=existing)
+                client.delete(self.index, ids=existing)
         return len(existing)
 
     def count(self, where: SearchFilter | None = None) -> int:
         expr, params = self._filter(where)
-        rows = self._read(lambda client: client.query(self.collection, filter=expr, filter_params=params,
+        rows = self._read(lambda client: client.query(self.index, filter=expr, filter_params=params,
                                                       output_fields=["count(*)"]))
         return int(rows[0]["count(*)"]) if rows else 0
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
         iterator = self._read(lambda client: client.query_iterator(
-            self.collection, batch_size=batch_size, output_fields=[*_META_FIELDS, "embedding"]))
+            self.index, batch_size=batch_size, output_fields=[*_META_FIELDS, "embedding"]))
         if iterator is None:
             return
         try:

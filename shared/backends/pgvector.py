@@ -1,9 +1,17 @@
 """PostgreSQL + pgvector backend.
 
-One table of vectors with an HNSW cosine index. Bulk upserts go through a binary `COPY` into a
-per-connection staging table followed by one `INSERT … ON CONFLICT`, so a batch of 1,000 vectors is
-two statements and one commit. Searches order by `embedding <=> query` so the planner uses the index.
-Every value reaches SQL as a bound parameter; identifiers are fixed constants.
+One table of vectors per model identity (`proxima_images` for the first one, then `<base>_<slug>`, see
+`shared.catalog`), each with an HNSW cosine index. A backend object is bound to one table (`index`);
+`for_index` gives views bound to the others that share its connection pool. Bulk upserts go through a
+binary `COPY` into a per-connection staging table followed by one `INSERT … ON CONFLICT`, so a batch of
+1,000 vectors is two statements and one commit. Searches order by `embedding <=> query` so the planner uses
+the index. Every value reaches SQL as a bound parameter; the only identifiers composed into statements are
+the bound table's name (validated against `_TABLE_NAME`) and names derived from it, through
+`psycopg.sql.Identifier`.
+
+Each table's model identity is a row of `proxima_meta`: key `model` for `proxima_images` (as the first
+releases wrote it), `model:<table>` for any other table. The catalogue (`read_catalog` / `write_catalog`) is
+the table `proxima_catalog` (`<base>_catalog` when the backend was configured with another table name).
 
 Metadata lives in columns beside the vector (NULL capture time / GPS when the file had none; collections
 and tags as `text[]` with GIN indexes). A filtered search adds a `WHERE` built from the constant fragments
@@ -24,9 +32,12 @@ A table made by the first release (without the metadata columns) gains them in `
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,25 +57,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TABLE = "proxima_images"
+_TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # PostgreSQL identifiers are at most 63 bytes
 _COLUMNS = ("id, filename, size_bytes, format, width, height, model, created_at, captured_at, camera_make, "
             "camera_model, latitude, longitude, orientation, path, collections, tags")  # ImageRecord's order
+# The columns an upsert copies, in the tables' order, with their types (the vector without its dimension).
+_STAGED = ("id", "embedding", "filename", "size_bytes", "format", "width", "height", "model", "created_at",
+           "captured_at", "camera_make", "camera_model", "latitude", "longitude", "orientation", "path",
+           "collections", "tags")
 _COPY_TYPES = ["text", "vector", "text", "int8", "text", "int4", "int4", "text", "timestamptz", "timestamptz",
                "text", "text", "float8", "float8", "int2", "text", "text[]", "text[]"]
 # Added after the first release (constant defaults: adding them rewrites nothing).
-_ADD_METADATA = ("ALTER TABLE proxima_images ADD COLUMN IF NOT EXISTS captured_at timestamptz, "
+_ADD_METADATA = ("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS captured_at timestamptz, "
                  "ADD COLUMN IF NOT EXISTS camera_make text NOT NULL DEFAULT '', "
                  "ADD COLUMN IF NOT EXISTS camera_model text NOT NULL DEFAULT '', "
                  "ADD COLUMN IF NOT EXISTS latitude double precision, "
                  "ADD COLUMN IF NOT EXISTS longitude double precision, "
                  "ADD COLUMN IF NOT EXISTS orientation smallint NOT NULL DEFAULT 1, "
                  "ADD COLUMN IF NOT EXISTS path text NOT NULL DEFAULT '', "
-                 "ADD COLUMN IF NOT EXISTS collections text[] NOT NULL DEFAULT '{}', "
-                 "ADD COLUMN IF NOT EXISTS tags text[] NOT NULL DEFAULT '{}'")
+                 "ADD COLUMN IF NOT EXISTS collections text[] NOT NULL DEFAULT '{{}}', "
+                 "ADD COLUMN IF NOT EXISTS tags text[] NOT NULL DEFAULT '{{}}'")
+# (index name suffix, statement): each index is named `<table>_<suffix>`, as the first releases named them.
 _METADATA_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS proxima_images_collections ON proxima_images USING gin (collections)",
-    "CREATE INDEX IF NOT EXISTS proxima_images_tags ON proxima_images USING gin (tags)",
-    "CREATE INDEX IF NOT EXISTS proxima_images_captured_at ON proxima_images (captured_at)",
+    ("collections", "CREATE INDEX IF NOT EXISTS {index} ON {table} USING gin (collections)"),
+    ("tags", "CREATE INDEX IF NOT EXISTS {index} ON {table} USING gin (tags)"),
+    ("captured_at", "CREATE INDEX IF NOT EXISTS {index} ON {table} (captured_at)"),
 )
+_HNSW = "embedding_hnsw"  # suffix of the HNSW index's name
 # One WHERE fragment per filter field; values are the named parameters `_filter_params` fills.
 _CONDITIONS = {
     "captured_from": "captured_at >= %(captured_from)s",
@@ -85,18 +104,47 @@ _CONDITIONS = {
 _LIKE_SPECIAL = re.compile(r"[\\%_]")  # LIKE's wildcards and its escape character
 _LOCK_KEY = 0x70726F78  # advisory lock serialising schema changes across processes
 
-# Statement templates: placeholders are filled only with these constant fragments and int literals.
+# Statement templates: placeholders are filled only with these constant fragments, int literals and the
+# identifiers of the bound table and its indexes.
 _SQL = psycopg.sql.SQL
+_ID = psycopg.sql.Identifier
 _INDEXED = {"vector": _SQL("embedding vector_cosine_ops"),
             "halfvec": _SQL("(embedding::halfvec({dim})) halfvec_cosine_ops")}
-_CREATE_INDEX = _SQL("CREATE INDEX IF NOT EXISTS proxima_images_embedding_hnsw ON proxima_images "
+_CREATE_INDEX = _SQL("CREATE INDEX IF NOT EXISTS {index} ON {table} "
                      "USING hnsw ({column}) WITH (m = {m}, ef_construction = {ef})")
 _ORDER = {"vector": _SQL("embedding <=> %(q)s"),
           "halfvec": _SQL("embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})")}
-_SEARCH = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM proxima_images {where} "
+_SEARCH = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM {table} {where} "
                "ORDER BY {order} LIMIT %(k)s")
-_SEARCH_RERANK = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM (SELECT * FROM proxima_images {where} "
+_SEARCH_RERANK = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM (SELECT * FROM {table} {where} "
                       "ORDER BY {order} LIMIT %(n)s) AS candidates ORDER BY embedding <=> %(q)s LIMIT %(k)s")
+# One staging table per connection serves every table the pool's views write: its vector column has no
+# dimension (the INSERT into the target table checks it), so tables of different models can share it.
+_STAGING = _ID("proxima_upsert_staging")
+_CREATE_STAGING = _SQL("CREATE TEMP TABLE IF NOT EXISTS {staging} ({columns}) ON COMMIT DELETE ROWS").format(
+    staging=_STAGING,
+    columns=_SQL(", ").join(_SQL("{} {}").format(_ID(name), _SQL(kind)) for name, kind in zip(_STAGED, _COPY_TYPES,
+                                                                                            strict=True)))
+_STAGED_LIST = _SQL(", ").join(_ID(name) for name in _STAGED)
+# The last row of an id wins (DISTINCT ON keeps the first of each id in ctid order, reversed). Stored labels
+# are kept and the new ones appended (see base.merge_labels), and so is a stored folder path when the new row
+# has none.
+_MERGE = _SQL(
+    "INSERT INTO {table} AS stored ({columns}) "
+    "SELECT DISTINCT ON (id) {columns} FROM {staging} ORDER BY id, ctid DESC "
+    "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
+    "filename = EXCLUDED.filename, size_bytes = EXCLUDED.size_bytes, "
+    "format = EXCLUDED.format, width = EXCLUDED.width, height = EXCLUDED.height, "
+    "model = EXCLUDED.model, captured_at = EXCLUDED.captured_at, "
+    "camera_make = EXCLUDED.camera_make, camera_model = EXCLUDED.camera_model, "
+    "latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude, "
+    "orientation = EXCLUDED.orientation, "
+    "path = CASE WHEN EXCLUDED.path = '' THEN stored.path ELSE EXCLUDED.path END, "
+    "collections = ARRAY(SELECT x FROM unnest(stored.collections || EXCLUDED.collections) "
+    "WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n)), "
+    "tags = ARRAY(SELECT x FROM unnest(stored.tags || EXCLUDED.tags) "
+    "WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n))"
+)
 
 
 def embedded_database_url(settings: Settings) -> str:
@@ -108,32 +156,53 @@ def embedded_database_url(settings: Settings) -> str:
     return server.get_uri()
 
 
+class _Shared:
+    """What the backend object and its views (`for_index`) share: the pool, opened on first use."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.opened = False
+        self.lock = threading.Lock()
+
+
 class PgVectorBackend:
     name = "pgvector"
 
-    def __init__(self, url: str, *, ef_search: int = 150, hnsw_m: int = 16, hnsw_ef_construction: int = 96,
-                 index_type: str = "halfvec", rerank: int = 0, pool_size: int = 4,
+    def __init__(self, url: str, *, table: str = DEFAULT_TABLE, ef_search: int = 150, hnsw_m: int = 16,
+                 hnsw_ef_construction: int = 96, index_type: str = "halfvec", rerank: int = 0, pool_size: int = 4,
                  connect_timeout: float = 5.0) -> None:
-        """`index_type` "halfvec" indexes a half-precision copy of each vector (half the memory, faster
-        builds); `rerank` > 0 fetches that many index candidates and orders them by the exact distance."""
+        """`table` is the table this object reads and writes (its base name: the tables of other model
+        identities are `<table>_<slug>`, reached with `for_index`). `index_type` "halfvec" indexes a
+        half-precision copy of each vector (half the memory, faster builds); `rerank` > 0 fetches that many
+        index candidates and orders them by the exact distance."""
         if index_type not in ("vector", "halfvec"):
             raise ValueError(f"index_type must be 'vector' or 'halfvec', not {index_type!r}")
         self.url = url
         self.ef_search = ef_search
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
-        self.index_type = index_type
+        self._index_type_setting = index_type
         self.rerank = rerank
-        self._dim: int | None = None
-        self._common: set[str] = set()  # collections and tags common enough to skip the empty-match probe
-        self._common_read = -math.inf
         self._timeout = connect_timeout
-        self._pool = ConnectionPool(
+        self._shared = _Shared(ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
             configure=self._configure, check=ConnectionPool.check_connection,
             kwargs={"connect_timeout": max(1, int(connect_timeout))},
-        )
-        self._opened = False
+        ))
+        self._owner = True  # this object closes the pool; its views do not
+        self._bind(table)
+        # The catalogue lives beside the table the backend was configured with, whatever a view is bound to.
+        self._catalog = "proxima_catalog" if table == DEFAULT_TABLE else _derived(table, "catalog")
+
+    def _bind(self, table: str) -> None:
+        """Bind to `table`, forgetting what was learnt about another one."""
+        if not _TABLE_NAME.fullmatch(table):
+            raise ValueError(f"table names are 1-63 lower-case letters, digits and _ (not a digit first): {table!r}")
+        self.index = table
+        self.index_type = self._index_type_setting  # may become the stored index's kind (`_adopt_stored_index`)
+        self._dim: int | None = None
+        self._common: set[str] = set()  # collections and tags common enough to skip the empty-match probe
+        self._common_read = -math.inf
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PgVectorBackend:
@@ -147,6 +216,13 @@ class PgVectorBackend:
             pool_size=settings.pg_pool_size,
         )
 
+    def for_index(self, index: str) -> PgVectorBackend:
+        """A view bound to table `index`, sharing this object's pool and settings (closing it releases nothing)."""
+        view = copy.copy(self)
+        view._owner = False
+        view._bind(index)
+        return view
+
     # --- connection handling -------------------------------------------------------------------
 
     @staticmethod
@@ -156,12 +232,15 @@ class PgVectorBackend:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
+        shared = self._shared
         with _translate_errors():
-            if not self._opened:
-                self._create_extension()
-                self._pool.open(wait=False)
-                self._opened = True
-            with self._pool.connection() as conn:
+            if not shared.opened:
+                with shared.lock:
+                    if not shared.opened:
+                        self._create_extension()
+                        shared.pool.open(wait=False)
+                        shared.opened = True
+            with shared.pool.connection() as conn:
                 yield conn
 
     def _create_extension(self) -> None:
@@ -173,93 +252,140 @@ class PgVectorBackend:
                     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
     def close(self) -> None:
-        self._pool.close()
+        if self._owner:
+            self._shared.pool.close()
 
     # --- schema --------------------------------------------------------------------------------
+
+    @property
+    def _table(self) -> psycopg.sql.Identifier:
+        return _ID(self.index)
+
+    @property
+    def _meta_key(self) -> str:
+        """This table's key in `proxima_meta` (`model` for the first releases' table, as they wrote it)."""
+        return "model" if self.index == DEFAULT_TABLE else f"model:{self.index}"
 
     def ensure_schema(self, model: ModelInfo) -> None:
         with self._connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute("CREATE TABLE IF NOT EXISTS proxima_meta (key text PRIMARY KEY, value text NOT NULL)")
-            stored_dim = self._stored_dim(conn)
-            row = conn.execute("SELECT value FROM proxima_meta WHERE key = 'model'").fetchone()
-            check_model(ModelInfo.from_json(row[0]) if row else None, model, index="the pgvector index")
+            stored_dim = _stored_dim(conn, self.index)
+            row = conn.execute("SELECT value FROM proxima_meta WHERE key = %s", (self._meta_key,)).fetchone()
+            where = f"the pgvector index {self.index}"
+            check_model(ModelInfo.from_json(row[0]) if row else None, model, index=where)
             if stored_dim is not None and stored_dim != model.dim:
                 raise SchemaMismatch(
-                    f"the pgvector index holds {stored_dim}-dimensional vectors but model {model.label()} "
+                    f"{where} holds {stored_dim}-dimensional vectors but model {model.label()} "
                     f"produces {model.dim}; set the model the index was built with back, or re-embed into a "
                     "fresh index"
                 )
             if row is None:
-                conn.execute("INSERT INTO proxima_meta (key, value) VALUES ('model', %s)", (model.to_json(),))
+                conn.execute("INSERT INTO proxima_meta (key, value) VALUES (%s, %s)", (self._meta_key, model.to_json()))
             if stored_dim is None:
                 # dimension is part of the column type; it comes from the model config, not from a client
-                conn.execute(psycopg.sql.SQL(
-                    "CREATE TABLE proxima_images ("
+                conn.execute(_SQL(
+                    "CREATE TABLE {table} ("
                     " id text PRIMARY KEY, embedding vector({dim}) NOT NULL,"
                     " filename text NOT NULL, size_bytes bigint NOT NULL, format text NOT NULL,"
                     " width integer NOT NULL, height integer NOT NULL, model text NOT NULL,"
                     " created_at timestamptz NOT NULL DEFAULT now())"
-                ).format(dim=psycopg.sql.Literal(int(model.dim))))
+                ).format(table=self._table, dim=psycopg.sql.Literal(int(model.dim))))
                 # Keep vectors inline in the row (a 512-d vector is just over TOAST's 2 kB threshold):
                 # reading a result's vector is then one page, not a TOAST lookup.
-                conn.execute("ALTER TABLE proxima_images ALTER COLUMN embedding SET STORAGE PLAIN")
+                conn.execute(_SQL("ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE PLAIN")
+                             .format(table=self._table))
                 conn.execute(self._index_sql(model.dim))
             else:
                 self._adopt_stored_index(conn)
-            if not _has_metadata(conn):
+            if not _has_metadata(conn, self.index):
                 if stored_dim is not None:
-                    log.info("adding the metadata columns to the existing pgvector table (no re-embedding)")
-                conn.execute(_ADD_METADATA)
-                for statement in _METADATA_INDEXES:
-                    conn.execute(statement)
+                    log.info("adding the metadata columns to the existing pgvector table %s (no re-embedding)",
+                             self.index)
+                conn.execute(_SQL(_ADD_METADATA).format(table=self._table))
+                for suffix, statement in _METADATA_INDEXES:
+                    conn.execute(_SQL(statement).format(index=_ID(_derived(self.index, suffix)), table=self._table))
             self._dim = model.dim
+
+    def stored_model(self) -> ModelInfo | None:
+        with self._connection() as conn:
+            if not _exists(conn, self.index) or not _exists(conn, "proxima_meta"):
+                return None
+            row = conn.execute("SELECT value FROM proxima_meta WHERE key = %s", (self._meta_key,)).fetchone()
+        return ModelInfo.from_json(row[0]) if row else None
+
+    def drop(self) -> None:
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(_SQL("DROP TABLE IF EXISTS {table}").format(table=self._table))
+            if _exists(conn, "proxima_meta"):
+                conn.execute("DELETE FROM proxima_meta WHERE key = %s", (self._meta_key,))
+        self._bind(self.index)
 
     def _index_sql(self, dim: int) -> psycopg.sql.Composed:
         # numbers come from settings and the model config (ints), never from a client
         return _CREATE_INDEX.format(
+            index=_ID(_derived(self.index, _HNSW)), table=self._table,
             column=_INDEXED[self.index_type].format(dim=psycopg.sql.Literal(int(dim))),
             m=psycopg.sql.Literal(int(self.hnsw_m)), ef=psycopg.sql.Literal(int(self.hnsw_ef_construction)))
 
     def _adopt_stored_index(self, conn: psycopg.Connection) -> None:
-        row = conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'proxima_images_embedding_hnsw'").fetchone()
+        row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                           (_derived(self.index, _HNSW),)).fetchone()
         if row is None:
             return
         stored = "halfvec" if "halfvec" in row[0] else "vector"
         if stored != self.index_type:
-            log.warning("the existing HNSW index is on %s (PG_INDEX_TYPE=%s): searching it as it is; drop the "
-                        "index and rebuild it to switch", stored, self.index_type)
+            log.warning("the existing HNSW index of %s is on %s (PG_INDEX_TYPE=%s): searching it as it is; drop "
+                        "the index and rebuild it to switch", self.index, stored, self.index_type)
             self.index_type = stored
 
     def drop_index(self) -> None:
         """For bulk loads: drop the HNSW index (re-create it with `create_index`, much faster than inserting
         a million vectors into a live index)."""
         with self._connection() as conn, conn.transaction():
-            conn.execute("DROP INDEX IF EXISTS proxima_images_embedding_hnsw")
+            conn.execute(_SQL("DROP INDEX IF EXISTS {index}").format(index=_ID(_derived(self.index, _HNSW))))
 
     def create_index(self, *, maintenance_work_mem: str = "2GB", parallel_workers: int = 2) -> None:
         """Build the HNSW index over the rows present, using `parallel_workers` extra processes."""
         with self._connection() as conn:
             conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
             conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(parallel_workers),))
-            dim = self._stored_dim(conn)
+            dim = _stored_dim(conn, self.index)
             if dim is None:
-                raise SchemaMismatch("no proxima_images table to index: call ensure_schema first")
+                raise SchemaMismatch(f"no {self.index} table to index: call ensure_schema first")
             conn.execute(self._index_sql(dim))
-            conn.execute("ANALYZE proxima_images")  # statistics for the planner's filtered-search plans
+            # statistics for the planner's filtered-search plans
+            conn.execute(_SQL("ANALYZE {table}").format(table=self._table))
             conn.commit()
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
             conn.commit()
 
-    @staticmethod
-    def _stored_dim(conn: psycopg.Connection) -> int | None:
-        row = conn.execute(
-            "SELECT a.atttypmod FROM pg_attribute a "
-            "WHERE a.attrelid = to_regclass('proxima_images') AND a.attname = 'embedding'"
-        ).fetchone()
-        return int(row[0]) if row else None
+    # --- catalogue -----------------------------------------------------------------------------
+
+    def read_catalog(self) -> dict[str, str]:
+        with self._connection() as conn:
+            if not _exists(conn, self._catalog):
+                return {}
+            rows = conn.execute(_SQL("SELECT key, value FROM {catalog}").format(catalog=_ID(self._catalog))).fetchall()
+        return {key: value for key, value in rows}
+
+    def write_catalog(self, key: str, value: str | None) -> None:
+        catalog = _ID(self._catalog)
+        with self._connection() as conn, conn.transaction():
+            if not _exists(conn, self._catalog):
+                if value is None:
+                    return
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                conn.execute(_SQL("CREATE TABLE IF NOT EXISTS {catalog} (key text PRIMARY KEY, value text NOT NULL)")
+                             .format(catalog=catalog))
+            if value is None:
+                conn.execute(_SQL("DELETE FROM {catalog} WHERE key = %s").format(catalog=catalog), (key,))
+            else:
+                conn.execute(_SQL("INSERT INTO {catalog} (key, value) VALUES (%s, %s) "
+                                  "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value").format(catalog=catalog),
+                             (key, value))
 
     # --- data ----------------------------------------------------------------------------------
 
@@ -270,41 +396,17 @@ class PgVectorBackend:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         with self._connection() as conn, conn.transaction():
-            conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS proxima_staging "
-                "(LIKE proxima_images INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
+            conn.execute(_CREATE_STAGING)
             with conn.cursor() as cur:
-                with cur.copy(
-                    "COPY proxima_staging (id, embedding, filename, size_bytes, format, width, height, model, "
-                    "created_at, captured_at, camera_make, camera_model, latitude, longitude, orientation, path, "
-                    "collections, tags) FROM STDIN WITH (FORMAT BINARY)"
-                ) as copy:
-                    copy.set_types(_COPY_TYPES)
+                with cur.copy(_SQL("COPY {staging} ({columns}) FROM STDIN WITH (FORMAT BINARY)")
+                              .format(staging=_STAGING, columns=_STAGED_LIST)) as copy_in:
+                    copy_in.set_types(_COPY_TYPES)
                     for rec, vec in zip(records, vectors, strict=True):
-                        copy.write_row((rec.id, vec, rec.filename, rec.size_bytes, rec.format, rec.width,
-                                        rec.height, rec.model, rec.created_at, rec.captured_at, rec.camera_make,
-                                        rec.camera_model, rec.latitude, rec.longitude, rec.orientation, rec.path,
-                                        list(rec.collections), list(rec.tags)))
-                # The last row of an id wins (DISTINCT ON keeps the first of each id in ctid order, reversed).
-                # Stored labels are kept and the new ones appended (see base.merge_labels), and so is a stored
-                # folder path when the new row has none.
-                cur.execute(
-                    "INSERT INTO proxima_images "
-                    "SELECT DISTINCT ON (id) * FROM proxima_staging ORDER BY id, ctid DESC "
-                    "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
-                    "filename = EXCLUDED.filename, size_bytes = EXCLUDED.size_bytes, "
-                    "format = EXCLUDED.format, width = EXCLUDED.width, height = EXCLUDED.height, "
-                    "model = EXCLUDED.model, captured_at = EXCLUDED.captured_at, "
-                    "camera_make = EXCLUDED.camera_make, camera_model = EXCLUDED.camera_model, "
-                    "latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude, "
-                    "orientation = EXCLUDED.orientation, "
-                    "path = CASE WHEN EXCLUDED.path = '' THEN proxima_images.path ELSE EXCLUDED.path END, "
-                    "collections = ARRAY(SELECT x FROM unnest(proxima_images.collections || EXCLUDED.collections) "
-                    "WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n)), "
-                    "tags = ARRAY(SELECT x FROM unnest(proxima_images.tags || EXCLUDED.tags) "
-                    "WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n))"
-                )
+                        copy_in.write_row((rec.id, vec, rec.filename, rec.size_bytes, rec.format, rec.width,
+                                           rec.height, rec.model, rec.created_at, rec.captured_at, rec.camera_make,
+                                           rec.camera_model, rec.latitude, rec.longitude, rec.orientation, rec.path,
+                                           list(rec.collections), list(rec.tags)))
+                cur.execute(_MERGE.format(table=self._table, columns=_STAGED_LIST, staging=_STAGING))
 
     def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = (),
                where: SearchFilter | None = None) -> list[Hit]:
@@ -335,18 +437,18 @@ class PgVectorBackend:
         if not names:
             return False
         if time.monotonic() - self._common_read > 60:
-            rows = conn.execute("SELECT most_common_elems::text::text[] FROM pg_stats WHERE tablename = "
-                                "'proxima_images' AND attname IN ('collections', 'tags')").fetchall()
+            rows = conn.execute("SELECT most_common_elems::text::text[] FROM pg_stats WHERE tablename = %s "
+                                "AND attname IN ('collections', 'tags')", (self.index,)).fetchall()
             self._common = {name for row in rows for name in row[0] or ()}
             self._common_read = time.monotonic()
         return not names <= self._common
 
-    @staticmethod
-    def _any_match(conn: psycopg.Connection, condition: psycopg.sql.Composable, params: dict[str, Any]) -> bool:
+    def _any_match(self, conn: psycopg.Connection, condition: psycopg.sql.Composable, params: dict[str, Any]) -> bool:
         """Whether any row matches, through the GIN indexes: for a rare or unknown name the planner would
         rather scan the table for a first match (a second at a million rows when there is none)."""
         conn.execute("SELECT set_config('enable_seqscan', 'off', true)")
-        found = _one(conn, _SQL("SELECT EXISTS (SELECT 1 FROM proxima_images {where})").format(where=condition),
+        found = _one(conn, _SQL("SELECT EXISTS (SELECT 1 FROM {table} {where})").format(table=self._table,
+                                                                                       where=condition),
                      params)
         conn.execute("SELECT set_config('enable_seqscan', 'on', true)")
         return bool(found)
@@ -354,32 +456,33 @@ class PgVectorBackend:
     def _search_sql(self, conn: psycopg.Connection, where: psycopg.sql.Composable) -> psycopg.sql.Composed:
         """Nearest first by the index's own distance; with `rerank`, candidates re-ordered exactly."""
         if self.index_type == "halfvec" and self._dim is None:
-            self._dim = self._stored_dim(conn)
+            self._dim = _stored_dim(conn, self.index)
         order = _ORDER[self.index_type].format(dim=psycopg.sql.Literal(int(self._dim or 0)))
-        return (_SEARCH_RERANK if self.rerank else _SEARCH).format(columns=_SQL(_COLUMNS), where=where, order=order)
+        return (_SEARCH_RERANK if self.rerank else _SEARCH).format(columns=_SQL(_COLUMNS), table=self._table,
+                                                                   where=where, order=order)
 
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         if not ids:
             return {}
         with self._connection() as conn:
-            rows = conn.execute(_SQL("SELECT {columns} FROM proxima_images WHERE id = ANY(%s)")
-                                .format(columns=_SQL(_COLUMNS)), (list(ids),)).fetchall()
+            rows = conn.execute(_SQL("SELECT {columns} FROM {table} WHERE id = ANY(%s)")
+                                .format(columns=_SQL(_COLUMNS), table=self._table), (list(ids),)).fetchall()
         return {row[0]: _record(row) for row in rows}
 
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         if not ids:
             return {}
         with self._connection() as conn:
-            rows = conn.execute(
-                "SELECT id, embedding FROM proxima_images WHERE id = ANY(%s)", (list(ids),)
-            ).fetchall()
+            rows = conn.execute(_SQL("SELECT id, embedding FROM {table} WHERE id = ANY(%s)").format(table=self._table),
+                                (list(ids),)).fetchall()
         return {row[0]: np.asarray(_as_array(row[1]), dtype=np.float32) for row in rows}
 
     def set_labels(self, labels: dict[str, tuple[Sequence[str], Sequence[str]]]) -> int:
         if not labels:
             return 0
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany("UPDATE proxima_images SET collections = %s, tags = %s WHERE id = %s",
+            cur.executemany(_SQL("UPDATE {table} SET collections = %s, tags = %s WHERE id = %s")
+                            .format(table=self._table),
                             [(list(c), list(t), image_id) for image_id, (c, t) in labels.items()])
             return cur.rowcount
 
@@ -387,25 +490,26 @@ class PgVectorBackend:
         if not ids:
             return 0
         with self._connection() as conn, conn.transaction():
-            cur = conn.execute("DELETE FROM proxima_images WHERE id = ANY(%s)", (list(ids),))
+            cur = conn.execute(_SQL("DELETE FROM {table} WHERE id = ANY(%s)").format(table=self._table), (list(ids),))
             return cur.rowcount
 
     def count(self, where: SearchFilter | None = None) -> int:
         condition, params = _where(where)
         with self._connection() as conn:
-            if not _table_exists(conn):
+            if not _exists(conn, self.index):
                 return 0
-            row = conn.execute(_SQL("SELECT count(*) FROM proxima_images {where}").format(where=condition),
+            row = conn.execute(_SQL("SELECT count(*) FROM {table} {where}").format(table=self._table,
+                                                                                  where=condition),
                                params).fetchone()
         return int(row[0]) if row else 0
 
     def scan(self, batch_size: int = 1000) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
         after = ""
-        statement = _SQL("SELECT {columns}, embedding FROM proxima_images WHERE id > %s ORDER BY id LIMIT %s") \
-            .format(columns=_SQL(_COLUMNS))
+        statement = _SQL("SELECT {columns}, embedding FROM {table} WHERE id > %s ORDER BY id LIMIT %s") \
+            .format(columns=_SQL(_COLUMNS), table=self._table)
         while True:
             with self._connection() as conn:
-                if not _table_exists(conn):
+                if not _exists(conn, self.index):
                     return
                 rows = conn.execute(statement, (after, batch_size)).fetchall()
             if not rows:
@@ -441,14 +545,31 @@ def _one(conn: psycopg.Connection, query: str | psycopg.sql.Composed, params: di
     return row[0]
 
 
-def _table_exists(conn: psycopg.Connection) -> bool:
-    return _one(conn, "SELECT to_regclass('proxima_images')") is not None
+def _derived(table: str, suffix: str) -> str:
+    """The name of one of `table`'s companions (`<table>_<suffix>`: its indexes, a catalogue), shortened with
+    a hash of the table name when that would pass PostgreSQL's 63 bytes (which would truncate it silently)."""
+    name = f"{table}_{suffix}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    return f"{table[:63 - len(suffix) - 10]}_{digest}_{suffix}"
 
 
-def _has_metadata(conn: psycopg.Connection) -> bool:
-    """Whether the table has the columns added after the first release (`tags` is the last of them)."""
-    return _one(conn, "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('proxima_images') "
-                      "AND attname = 'tags' AND NOT attisdropped") > 0
+def _exists(conn: psycopg.Connection, table: str) -> bool:
+    return _one(conn, "SELECT to_regclass(%(table)s)", {"table": table}) is not None
+
+
+def _stored_dim(conn: psycopg.Connection, table: str) -> int | None:
+    """The dimension of `table`'s vectors; None if there is no such table."""
+    row = conn.execute("SELECT a.atttypmod FROM pg_attribute a "
+                       "WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding'", (table,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def _has_metadata(conn: psycopg.Connection, table: str) -> bool:
+    """Whether `table` has the columns added after the first release (`tags` is the last of them)."""
+    return _one(conn, "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%(table)s) "
+                      "AND attname = 'tags' AND NOT attisdropped", {"table": table}) > 0
 
 
 def _translate_errors():

@@ -56,7 +56,8 @@ class OpenClip:
             )
         _check_weights(name, pretrained)
         size = config.get("vision_cfg", {}).get("image_size", 224)
-        return cls(info=ModelInfo(name=name, pretrained=pretrained, dim=int(config["embed_dim"])),
+        return cls(info=ModelInfo(name=name, pretrained=pretrained, dim=int(config["embed_dim"]),
+                                  config=str(config_path.resolve()) if config_path.suffix == ".json" else ""),
                    image_size=int(size if isinstance(size, int) else size[0]),
                    tokenizer=open_clip.get_tokenizer(name), config_path=config_path,
                    models_dir=settings.models_dir)

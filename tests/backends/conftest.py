@@ -7,6 +7,7 @@ not available here are skipped with the reason.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -76,14 +77,18 @@ def pgvector_halfvec_factory(fresh_pg_url: str) -> Iterator[Factory]:
 
 
 def _milvus_collection(uri: str) -> Iterator[Factory]:
-    """A fresh collection on the Milvus at `uri`, dropped afterwards."""
-    factory = Factory(("milvus", {"uri": uri, "collection": "t_" + uuid.uuid4().hex[:12]}))
+    """A fresh collection on the Milvus at `uri`, dropped afterwards with every collection named after it
+    (the views' `<name>_<slug>`, the catalogue `<name>_catalog`, upgrade leftovers)."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    factory = Factory(("milvus", {"uri": uri, "collection": name}))
     yield factory
     factory.close()
     from shared.backends.milvus import connect as milvus_connect
 
     client = milvus_connect(uri)
-    client.drop_collection(factory.spec[1]["collection"])
+    for collection in client.list_collections():
+        if collection.startswith(name):
+            client.drop_collection(collection)
     client.close()
 
 
@@ -101,15 +106,28 @@ def milvus_server_factory(milvus_server_url: str) -> Iterator[Factory]:
 
 @pytest.fixture
 def manticore_factory(manticore_url: str) -> Iterator[Factory]:
-    """Fresh, uniquely named tables on the session's Manticore server; dropped afterwards."""
+    """Fresh, uniquely named tables on the session's Manticore server; dropped afterwards, with every table
+    named after them (the views' `<table>_<slug>` and their meta tables, the catalogue `<table>_catalog`)."""
     prefix = "t_" + uuid.uuid4().hex[:12]
     factory = Factory(("manticore", {"url": manticore_url, "table": f"{prefix}_images",
                                      "meta_table": f"{prefix}_meta"}))
     yield factory
     factory.close()
     cleanup = build(factory.spec)
-    cleanup.drop_tables()
+    cleanup.drop_tables()  # the catalogue's indexes, the catalogue, the tables
     cleanup.close()
+    import pymysql
+
+    from shared.backends.manticore import parse_url
+
+    args = parse_url(manticore_url)
+    conn = pymysql.connect(host=args["host"], port=args["port"], autocommit=True)
+    with conn.cursor() as cur:  # views a test made and left (SHOW TABLES LIKE: `_` is a wildcard, compare exactly)
+        cur.execute("SHOW TABLES LIKE %s", (prefix + "%",))
+        for table in [str(row[0]) for row in cur.fetchall() if str(row[0]).startswith(prefix)]:
+            assert re.fullmatch(r"t_[0-9a-f]{12}_\w+", table), table
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.close()
 
 
 @pytest.fixture(params=BACKENDS)

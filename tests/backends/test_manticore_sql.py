@@ -593,6 +593,32 @@ def test_idle_connections_are_reused_and_stale_ones_replaced(fake: Fake):
     assert fake.backend._idle == []
 
 
+def test_views_share_the_connections_and_the_catalogue(fake: Fake):
+    view = fake.backend.for_index("proxima_images_m_0123abcd")
+    assert (view.index, view.meta_table, view.catalog_table) == (
+        "proxima_images_m_0123abcd", "proxima_images_m_0123abcd_meta", "proxima_images_catalog")
+    assert fake.backend.for_index("proxima_images").meta_table == "proxima_meta"
+    for bad in ["Images", "x; DROP TABLE y", "proxima", "proxima_images_catalog", "a" * 128]:
+        with pytest.raises(ValueError):
+            fake.backend.for_index(bad)
+    view.count()
+    view.close()  # releases nothing: the connection stays in the shared pool
+    assert len(fake.backend._idle) == 1 and view._idle is fake.backend._idle
+    fake.backend.count()
+    assert fake.connects == 1
+    view.write_catalog("model:m", HOSTILE)
+    view.drop()
+    assert fake.statements("REPLACE INTO proxima_images_catalog") == [(
+        "REPLACE INTO proxima_images_catalog (id, key_name, value) VALUES (%s, %s, %s)",
+        (manticore.catalog_id("model:m"), "model:m", HOSTILE))]
+    assert [s for s, _ in fake.log[-2:]] == ["DROP TABLE IF EXISTS proxima_images_m_0123abcd",
+                                             "DROP TABLE IF EXISTS proxima_images_m_0123abcd_meta"]
+    with pytest.raises(ValueError, match="NUL"):
+        view.write_catalog("k", "a\x00b")
+    fake.backend.close()
+    assert fake.backend._idle == []
+
+
 def test_threads_never_share_a_connection(fake: Fake):
     busy: set[int] = set()
     clashes: list[int] = []
