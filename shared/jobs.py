@@ -224,7 +224,8 @@ class JobStore:
         processed = counts["done"] + counts["failed"]
         rate = processed / (updated - started) if started and updated > started and processed else None
         remaining = counts["total"] - processed
-        if rate and not walking and remaining > 0:
+        planned = f.get("planned") == "1"  # its total was known before the walk (a re-embed: the stored images)
+        if rate and (planned or not walking) and remaining > 0:
             eta: float | None = round(remaining / rate, 1)
         else:
             eta = 0.0 if remaining <= 0 and sealed else None

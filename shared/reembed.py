@@ -51,7 +51,11 @@ def walk_store(*, images: ImageStore, target: VectorBackend, jobs: JobStore, job
                stop: threading.Event | None = None,
                on_progress: Callable[[ReembedStats], None] = lambda stats: None) -> ReembedStats:
     """Queue every stored image missing from `target` as batches of the open job `job_id`, then seal it.
-    Images already there count as done at once (`duplicates`). Memory stays flat: one chunk of ids at a time."""
+
+    The store is counted first, so the job's total (and its ETA) is known from the start; images already in
+    `target` count as done at once (`duplicates`). Memory stays flat: one batch of ids at a time."""
+    planned = sum(1 for _ in images.iter_ids())
+    jobs.add(job_id, counts={"total": planned})
     stats, run = ReembedStats(), uuid.uuid4().hex[:8]
     for n, chunk in enumerate(images.iter_id_batches(batch_size)):
         while queue_depth() >= max_queued:  # the workers are behind: wait, and say the walk is alive
@@ -64,15 +68,15 @@ def walk_store(*, images: ImageStore, target: VectorBackend, jobs: JobStore, job
             raise InterruptedError("re-embed walk stopped")
         present = set(target.get(chunk))
         todo = [image_id for image_id in chunk if image_id not in present]
-        jobs.add_found(job_id, seen=len(chunk), duplicates=len(present))
+        jobs.add(job_id, counts={"seen": len(chunk), "duplicates": len(present), "done": len(present)})
         if todo:
-            jobs.add(job_id, counts={"total": len(todo)})
             enqueue(job_id, f"{run}-b{n}", batch_items(todo, slug))
         stats.seen += len(chunk)
         stats.queued += len(todo)
         stats.present += len(present)
         on_progress(stats)
-    jobs.add(job_id, counts={}, seal=True)
+    # images uploaded (or deleted) since the count: the total becomes what was walked
+    jobs.add(job_id, counts={"total": stats.seen - planned}, seal=True)
     return stats
 
 

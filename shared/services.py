@@ -115,8 +115,12 @@ class Proxima:
 
     @property
     def model(self) -> Encoder:
-        """The active identity's model (loaded on first need after a switch)."""
-        active = self.catalog.active()
+        """The active identity's model (loaded on first need after a switch); the settings' model while the
+        catalogue cannot be read (the database is down since this process started)."""
+        try:
+            active = self.catalog.active()
+        except BackendUnavailable:
+            active = None
         return self.encoder_for(active.model) if active is not None else self._settings_model()
 
     def _settings_model(self) -> Encoder:
@@ -410,10 +414,11 @@ class Proxima:
         return out
 
     def start_reembed(self, model: ModelInfo, *, activate_when_done: bool = False,
-                      if_idle: bool = False) -> tuple[str, IndexEntry]:
+                      if_idle: bool = True) -> tuple[str, IndexEntry]:
         """Re-embed every stored image with `model` into its own index, in the background (a walk here, the
         batches on the workers); returns (job id, catalogue entry). Run again after a crash, it re-does only
-        the images the new index lacks. `if_idle`: nothing new if a re-embed to `model` is already running."""
+        the images the new index lacks. `if_idle`: a re-embed to `model` already running is returned as it
+        is (else Conflict)."""
         current = self.catalog.find(model)
         if if_idle and current is not None and current.job_id:
             job = self.jobs.get(current.job_id)
@@ -428,7 +433,12 @@ class Proxima:
         """The open job and the building index of a re-embed to `model` (`reembed_walk` then fills the job)."""
         if not model.dim:
             raise BadInput(f"the identity of {model.label()} has no dimension: identify the model first")
-        job_id = self.jobs.create(kind="reembed", sealed=False, path=model.label())
+        current = self.catalog.find(model)
+        if current is not None and current.job_id:
+            running = self.jobs.get(current.job_id)
+            if running is not None and not running.finished and not running.interrupted:
+                raise Conflict(f"a re-embed to {model.label()} is already running: job {current.job_id}")
+        job_id = self.jobs.create(kind="reembed", sealed=False, path=model.label(), planned="1")
         entry = self.catalog.add_building(model, job_id=job_id, activate_when_done=activate_when_done)
         self.catalog.view(entry).ensure_schema(entry.model)
         return job_id, entry

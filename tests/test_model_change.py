@@ -124,6 +124,9 @@ def test_same_dimension_reembed_survives_a_killed_worker_and_switches_the_runnin
 
     ids = stack.index_ids(b_slug)
     assert sorted(ids) == sorted(stack.stored_ids()) and len(ids) == len(set(ids)) == 64  # each once
+    again = _reembed(stack, models["B"])  # run again (as after a crash): nothing left to embed
+    job = stack.wait_job(again["job_id"])
+    assert (job["state"], job["total"], job["done"], job["duplicates"]) == ("completed", 64, 64, 64), job
 
     assert stack.http.post(f"/admin/models/{b_slug}/activate").status_code == 200
     wait_for(lambda: stack.http.get("/health").json()["model"]["pretrained"].endswith("-seed11.pt"), 15,
@@ -137,6 +140,12 @@ def test_same_dimension_reembed_survives_a_killed_worker_and_switches_the_runnin
     expected = _embed(stack.settings, b_model, query)
     stored = stack.catalog.view(stack.catalog.get(b_slug)).get_vectors([hits[0]["id"]])[hits[0]["id"]]
     assert float(expected @ stored) == pytest.approx(1.0, abs=1e-3)
+    # a text search is embedded by B: its scores are B's text vector against B's image vectors
+    text_hits = stack.http.post("/search/text", json={"text": "a red square"}).json()["results"]
+    text = load_model(stack.settings, b_model).encode_text(["a red square"])[0]
+    vectors = stack.catalog.view(stack.catalog.get(b_slug)).get_vectors([h["id"] for h in text_hits])
+    assert [h["score"] for h in text_hits] == pytest.approx([float(text @ vectors[h["id"]]) for h in text_hits],
+                                                            abs=2e-3)
     assert stack.models()[a_slug]["state"] == "retired"
 
 
@@ -196,7 +205,7 @@ def test_another_dimension_while_searches_and_uploads_go_on(stack, models):
     assert health["vectors"] == 70 and [m["slug"] for m in health["models"]] == [c_slug]
 
 
-def test_a_process_started_with_another_model_says_what_to_run(stack, models):
+def test_a_process_started_with_another_model_says_what_to_run_or_reembeds(stack, models):
     from shared.services import Proxima
     from shared.types import SchemaMismatch
 
@@ -205,5 +214,20 @@ def test_a_process_started_with_another_model_says_what_to_run(stack, models):
     try:
         with pytest.raises(SchemaMismatch, match=r"scripts/reembed.py --name .*proxima-tiny.*--activate-when-done"):
             proxima.check_index()
+    finally:
+        proxima.close()
+
+    # MODEL_CHANGE=reembed: the API starts the re-embed into the settings' model and stays on the active one
+    active = stack.catalog.active()
+    reembedding = settings.model_copy(update={"model_change": "reembed"})
+    proxima = Proxima.from_settings(reembedding, encoder=load_embedder(reembedding))
+    try:
+        proxima.check_index(start_reembed=True)
+        a = proxima.encoder.info
+        entry = stack.catalog.get(a.slug)
+        assert entry.state == "building" and entry.activate_when_done and stack.catalog.active() == active
+        job = stack.wait_job(entry.job_id)
+        assert (job["kind"], job["done"], job["failed"]) == ("reembed", 70, 0), job
+        wait_for(lambda: stack.catalog.active().slug == a.slug, 60, "A to be active again")
     finally:
         proxima.close()
