@@ -17,7 +17,7 @@ from fastapi.responses import RedirectResponse
 
 from api import errors
 from api.limits import BodySizeLimit
-from api.routes import admin, health, images, ingest, jobs, search
+from api.routes import admin, duplicates, health, images, ingest, jobs, search
 from api.routes import collections as albums
 from api.security import key_matches
 from shared.batching import BatchingEmbedder
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["X-API-Key", "Content-Type"])
-    for module in (images, search, albums, ingest, jobs, admin, health):
+    for module in (images, search, albums, duplicates, ingest, jobs, admin, health):
         app.include_router(module.router)
     app.add_api_route("/", lambda: RedirectResponse(f"{UI_PATH}/"), include_in_schema=False)
     errors.install(app)

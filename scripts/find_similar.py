@@ -9,7 +9,6 @@ writes a small HTML contact sheet of the results and opens it in the browser. Th
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import json
 import os
@@ -18,7 +17,8 @@ import tempfile
 import webbrowser
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.cli_api import Api  # noqa: E402
 
 DEFAULT_API = os.environ.get("PROXIMA_API", "http://127.0.0.1:8000")
 DEFAULT_KEY = os.environ.get("PROXIMA_API_KEY", "")
@@ -66,22 +66,8 @@ def search(api: str, image: Path, top_k: int, api_key: str = "", filters: dict |
         data = image.read_bytes()
     except OSError as exc:
         sys.exit(f"cannot read {image}: {exc.strerror or exc}")
-    try:
-        response = httpx.post(f"{api.rstrip('/')}/search", files={"file": (image.name, data)},
-                              data={"top_k": str(top_k), **(filters or {})}, headers=_headers(api_key),
-                              timeout=120)
-    except httpx.ConnectError:
-        sys.exit(f"the API at {api} is not reachable; is it running (`make up`), or is --api wrong?")
-    except httpx.HTTPError as exc:
-        sys.exit(f"request to {api} failed: {exc}")
-    if response.status_code == 401:
-        sys.exit(f"the API at {api} wants an API key: pass --api-key or set PROXIMA_API_KEY")
-    if response.status_code == 422:
-        detail = response.json().get("detail")
-        sys.exit(f"the search was refused: {detail if isinstance(detail, str) else json.dumps(detail)}")
-    if response.is_error:
-        sys.exit(f"the API answered {response.status_code}: {response.text[:500]}")
-    return response.json()
+    return Api(api, api_key).call("POST", "/search", files={"file": (image.name, data)},
+                                  data={"top_k": str(top_k), **(filters or {})})
 
 
 def table(results: list[dict], offset: int = 0) -> str:
@@ -95,24 +81,11 @@ def table(results: list[dict], offset: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _headers(api_key: str) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
-
-
-def _thumbnail(api: str, result: dict, api_key: str) -> str:
-    """The result's thumbnail as a data: URI (the sheet then works offline and behind an API key)."""
-    try:
-        response = httpx.get(api.rstrip("/") + result["thumbnail_url"], headers=_headers(api_key), timeout=30)
-        response.raise_for_status()
-    except httpx.HTTPError:
-        return ""
-    return "data:image/webp;base64," + base64.b64encode(response.content).decode()
-
-
 def contact_sheet(api: str, query: Path, results: list[dict], api_key: str = "") -> Path:
-    base = api.rstrip("/")
+    """An HTML page of the results, thumbnails inlined (it then works offline and behind an API key)."""
+    base, client = api.rstrip("/"), Api(api, api_key)
     tiles = "\n".join(
-        f'<figure><a href="{html.escape(base + r["image_url"])}"><img src="{_thumbnail(api, r, api_key)}" '
+        f'<figure><a href="{html.escape(base + r["image_url"])}"><img src="{client.thumbnail(r["thumbnail_url"])}" '
         f'alt="{html.escape(r["filename"])}"></a><figcaption>#{rank} · {r["score"]:.3f}<br>'
         f"{html.escape(r['filename'])}</figcaption></figure>"
         for rank, r in enumerate(results, start=1)

@@ -121,6 +121,22 @@ def check_model(env: dict[str, str]) -> None:
         sys.exit(f"[up] the model cannot be loaded: {reason}")
 
 
+def check_active_model(env: dict[str, str]) -> None:
+    """With the database up: the settings' model must be the active one (or MODEL_CHANGE=reembed), else stop
+    here with the message saying what to run, instead of an API that restarts until the stack gives up."""
+    code = ("import sys\nfrom shared.config import get_settings\nfrom shared.embedder import identify\n"
+            "from shared.services import Proxima\nfrom shared.types import SchemaMismatch\n"
+            "settings = get_settings()\nproxima = Proxima.from_settings(settings)\ntry:\n"
+            "    proxima.check_identity(identify(settings), tolerate_outage=True)\nexcept SchemaMismatch as exc:\n"
+            "    sys.exit(str(exc))\n"
+            "finally:\n    proxima.close()\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONWARNINGS": "ignore"},
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+        raise devservices.GaveUp(f"the index serves another model: {reason}")
+
+
 def wait_for_api(stack: Supervisor, url: str, timeout: float = 600) -> str | None:
     """Supervise until the API answers; None then, else why the stack must stop."""
     def up() -> bool:
@@ -181,6 +197,7 @@ def main() -> int:
             start_manticore(stack, settings, data_dir, env)
         if settings.vector_backend == "milvus" and not settings.milvus_uri.startswith(("http://", "https://")):
             start_milvus_lite(stack, settings.milvus_uri, settings.milvus_lite_port, data_dir, env)
+        check_active_model(env)
         py = sys.executable
         spawn(stack, "api", [py, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", settings.api_host,
                              "--port", str(settings.api_port), "--timeout-graceful-shutdown", "4"], env)
@@ -197,6 +214,9 @@ def main() -> int:
                      api_url, api_url, settings.api_host, settings.flower_port, data_dir)
             reason = stack.watch()
         log.error("%s", reason)
+        code = 1
+    except devservices.GaveUp as exc:
+        log.error("%s", exc)
         code = 1
     except KeyboardInterrupt:
         log.info("shutting down")

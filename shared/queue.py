@@ -19,6 +19,7 @@ QUEUE = "proxima"
 EMBED_BATCH = "proxima.embed_batch"  # args: job id, batch key, [{"id", "filename"}] of stored uploads
 INGEST_FILES = "proxima.ingest_files"  # args: job id, batch key, [{"path", "size", "mtime_ns"}] of a folder
 REEMBED_BATCH = "proxima.reembed_batch"  # args: job id, batch key, [{"id", "model"}]: stored images, model slug
+FIND_DUPLICATES = "proxima.find_duplicates"  # args: job id of a begun run (shared.duplicates.DuplicateStore)
 RECONCILE = "proxima.reconcile"  # kwargs: delete_orphans; the report is kept at RECONCILE_REPORT_KEY
 RECONCILE_REPORT_KEY = "proxima:reconcile:last"
 BATCH_TASKS = f"{QUEUE}.*"  # task_annotations pattern for the batch tasks' retry settings
@@ -90,6 +91,10 @@ class TaskQueue:
     def reconcile(self, *, delete_orphans: bool) -> str:
         """Have a worker reconcile the store with the index; returns the task id."""
         return str(self.celery.send_task(RECONCILE, kwargs={"delete_orphans": delete_orphans}).id)
+
+    def find_duplicates(self, job_id: str) -> None:
+        """Have a worker run (or resume) the near-duplicates run of job `job_id`."""
+        self.celery.send_task(FIND_DUPLICATES, args=[job_id], argsrepr=f"job={job_id}")
 
     def depth(self) -> int:
         """Batches waiting in the queue (not counting those a worker holds)."""

@@ -12,8 +12,10 @@ Each entry point builds exactly one `Proxima` when its process starts (the API i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,16 @@ from shared.backends import Hit, ImageRecord, VectorBackend, make_backend
 from shared.backfill import BackfillReport, backfill_metadata
 from shared.catalog import ACTIVE, IndexEntry, Mirrored, ModelCatalog, model_change_message
 from shared.config import Settings
+from shared.duplicates import (
+    DEFAULT_NEIGHBOURS,
+    DEFAULT_THRESHOLD,
+    DuplicateStore,
+    Group,
+    RunState,
+    RunTakenOver,
+    make_group,
+)
+from shared.duplicates import run as find_duplicate_groups
 from shared.filters import MAX_LABELS, SearchFilter, label, labels
 from shared.imagestore import ImageStore, is_image_id
 from shared.ingest import RedisManifest, WalkStats, resolve_under, walk_folder
@@ -76,6 +88,7 @@ class Proxima:
     queue: TaskQueue
     redis: redis.Redis
     collections: CollectionRegistry
+    duplicates: DuplicateStore
     encoder: Encoder | None = None  # the model the settings name (loaded at start by the API and the workers)
     load_encoder: Callable[[ModelInfo], Encoder] | None = None  # loads another identity's model on demand
     walks: dict[str, threading.Event] = field(default_factory=dict)  # walks running here → stop flag
@@ -90,7 +103,8 @@ class Proxima:
         return cls(settings=settings, images=ImageStore(settings.images_dir), database=database,
                    catalog=ModelCatalog(database), jobs=JobStore(client, ttl_s=settings.job_ttl_days * 86400),
                    manifest=RedisManifest(client), queue=TaskQueue.from_settings(settings, client), redis=client,
-                   collections=CollectionRegistry(client), encoder=encoder, load_encoder=load_encoder)
+                   collections=CollectionRegistry(client), duplicates=DuplicateStore(client), encoder=encoder,
+                   load_encoder=load_encoder)
 
     def close(self) -> None:
         for stop in list(self.walks.values()):
@@ -155,7 +169,10 @@ class Proxima:
         re-embed into the settings' model that activates it when complete (started where `start_reembed`:
         the API). With `tolerate_outage`, a database that is down is only logged (the API starts anyway and
         answers 503 until it is back; the workers create the index)."""
-        wanted = self._settings_model().info
+        self.check_identity(self._settings_model().info, tolerate_outage=tolerate_outage, start_reembed=start_reembed)
+
+    def check_identity(self, wanted: ModelInfo, *, tolerate_outage: bool = False, start_reembed: bool = False) -> None:
+        """`check_index` for the model identity `wanted` (`make up` checks it before starting the API)."""
         try:
             active = self.catalog.bootstrap(wanted)
             self.catalog.view(active).ensure_schema(active.model)
@@ -481,6 +498,106 @@ class Proxima:
         if entry.job_id in self.walks:
             self.walks[entry.job_id].set()
         return self.catalog.remove(slug)
+
+    # --- near-duplicates -------------------------------------------------------------------------------
+
+    def start_duplicates(self, threshold: float = DEFAULT_THRESHOLD, k: int = DEFAULT_NEIGHBOURS) -> str:
+        """Have a worker find near-duplicate groups across the collection (a `duplicates` job). An unfinished
+        run with the same threshold and k (its worker died, say) is resumed where it stopped instead; one with
+        other settings is dropped and a new run starts, unless a worker is on it (Conflict)."""
+        if not 0.0 < threshold <= 1.0 or not 1 <= k <= 100:
+            raise BadInput("threshold is a cosine in (0, 1] and k between 1 and 100")
+        for job_id in self.duplicates.unfinished():
+            job, state = self.jobs.get(job_id), self.duplicates.run_state(job_id)
+            running = self.duplicates.running(job_id)
+            if job is None or job.finished or state is None:  # its job expired: the run will never go on
+                self.duplicates.discard(job_id)
+                continue
+            if (state.threshold, state.k) != (threshold, k):
+                if running:
+                    raise Conflict(f"a duplicates run with threshold {state.threshold} and k {state.k} is going on "
+                                   f"(job {job_id}): wait for it, then start another")
+                self.duplicates.discard(job_id)
+                continue
+            if not running:  # not while a worker holds it: that would run it twice
+                self.queue.find_duplicates(job_id)
+            return job_id
+        job_id = self.jobs.create(kind="duplicates", sealed=False, path="duplicates", planned="1")
+        self.jobs.add(job_id, counts={"total": self.backend.count()})
+        self.duplicates.begin(RunState(job_id=job_id, threshold=threshold, k=k))
+        self.queue.find_duplicates(job_id)
+        return job_id
+
+    def find_duplicates(self, job_id: str, *, threads: int = 4) -> list[Group]:
+        """Run (or resume) the duplicates job `job_id` here; its groups replace the previous run's. Nothing
+        happens (an empty list) while another worker holds the run, or once it has finished."""
+        holder = uuid.uuid4().hex
+        if not self.duplicates.claim(job_id, holder):
+            log.info("duplicates run %s is held by another worker", job_id)
+            return []
+        try:  # holding the run: no other worker searches, publishes or closes its job meanwhile
+            state = self.duplicates.run_state(job_id)
+            if state is None:  # published already (a second request for it), or never begun
+                job = self.jobs.get(job_id)
+                if job is None:
+                    raise NotFound(f"no duplicates run {job_id[:64]!r} to go on with")
+                info = self.duplicates.info() or {}
+                if not job.finished and info.get("job_id") == job_id:  # its worker died before closing it
+                    self._close_duplicates_job(job_id, int(info.get("searched", 0)))
+                return []
+            self.jobs.mark_running(job_id)
+
+            def progress(state: RunState, searched: int) -> None:
+                self.jobs.finish_batch(job_id, f"after-{state.searched}", done=searched, errors=[])
+                self.jobs.touch(job_id)  # alive (a job not touched for a while is shown as interrupted)
+                if not self.duplicates.renew(job_id, holder):
+                    raise RunTakenOver(f"duplicates run {job_id} was taken over by another worker")
+
+            groups = find_duplicate_groups(self.backend, self.duplicates, state, on_batch=progress,
+                                           threads=threads)
+            self._close_duplicates_job(job_id, state.searched)
+            return groups
+        finally:
+            self.duplicates.release(job_id, holder)
+
+    def _close_duplicates_job(self, job_id: str, searched: int) -> None:
+        """Seal a duplicates job with total and done = the images searched (a batch may have been recorded by
+        a run that died before counting it, and images come and go while a run goes on)."""
+        job = self.job(job_id)
+        self.jobs.add(job_id, counts={"total": searched - job.total, "done": searched - job.done}, seal=True)
+
+    def duplicate_groups(self, offset: int = 0,
+                         limit: int = 20) -> tuple[int, list[tuple[Group, dict[str, ImageRecord]]]]:
+        """(number of groups, a page of them with their members' records), the largest first; members no
+        longer indexed are left out."""
+        groups = self.duplicates.page(offset, limit)
+        records = self.backend.get([m.id for g in groups for m in g.members])
+        return self.duplicates.count(), [(g, {m.id: records[m.id] for m in g.members if m.id in records})
+                                         for g in groups]
+
+    def resolve_duplicates(self, group_id: str, *, delete: Sequence[str] = (),
+                           ungroup: Sequence[str] = ()) -> tuple[int, Group | None]:
+        """Delete members of a group (vector and file) and/or take them out of it; returns how many were
+        deleted and what is left of the group (None when fewer than two remain). The keeper is chosen again
+        if it went."""
+        group = self.duplicates.get(group_id) if is_image_id(group_id) else None
+        if group is None:
+            raise NotFound(f"no duplicate group {group_id[:80]!r}")
+        members = {m.id for m in group.members}
+        strangers = sorted((set(delete) | set(ungroup)) - members)
+        if strangers:
+            raise BadInput(f"not in group {group_id}: {', '.join(s[:80] for s in strangers[:5])}")
+        deleted = 0
+        for image_id in dict.fromkeys(delete):
+            with contextlib.suppress(NotFound):  # already gone
+                self.delete(image_id)
+                deleted += 1
+        gone = set(delete) | set(ungroup)
+        self.duplicates.keep_apart(list(dict.fromkeys(ungroup)), list(members))  # not joined again by a later run
+        left = [m for m in group.members if m.id not in gone]
+        remade = make_group([m.id for m in left], self.backend.get([m.id for m in left]),
+                            self.backend.get_vectors([m.id for m in left])) if len(left) >= 2 else None
+        return deleted, self.duplicates.replace(group, remade)
 
     def reconcile(self, *, requeue: bool = True, delete_orphans: bool = False,
                   on_progress: Callable[[ReconcileReport], None] | None = None) -> ReconcileReport:

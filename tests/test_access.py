@@ -55,6 +55,13 @@ def _calls(image_id: str):
         ("image", "search", "GET", f"/images/{image_id}", {}),
         ("thumbnail", "search", "GET", f"/images/{image_id}/thumbnail", {}),
         ("image (seed name)", "search", "GET", f"/image/{image_id}", {}),
+        ("models", "write", "GET", "/admin/models", {}),
+        ("re-embed", "write", "POST", "/admin/models", {"json": {"name": "no-such-model", "pretrained": "x"}}),
+        ("activate", "write", "POST", "/admin/models/no_such_slug/activate", {}),
+        ("retire", "write", "POST", "/admin/models/no_such_slug/retire", {}),
+        ("find duplicates", "write", "POST", "/admin/duplicates", {"json": {"k": 0}}),  # 422 with the key
+        ("duplicates", "search", "GET", "/duplicates", {}),
+        ("resolve", "write", "POST", f"/duplicates/{'0' * 64}/resolve", {"json": {}}),
     ]
 
 

@@ -23,7 +23,9 @@ import redis
 
 from scripts.devservices import REPO, Api, Postgres, Worker, child_env, free_port, start_redis, stop, wait_for
 from scripts.synthetic import jpeg
+from shared.backends import VectorBackend
 from shared.backends.pgvector import PgVectorBackend
+from shared.catalog import ModelCatalog
 from shared.config import Settings
 from shared.imagestore import ImageStore
 from shared.queue import TaskQueue
@@ -53,8 +55,16 @@ class FaultStack:
                                              redis.Redis.from_url(self.redis_url))
         self.api_port = free_port()
         self.api = self.start_api()
-        self.backend = PgVectorBackend(self.env["DATABASE_URL"], connect_timeout=2)
+        self.database = PgVectorBackend(self.env["DATABASE_URL"], connect_timeout=2)
+        self.catalog = ModelCatalog(self.database, ttl_s=0)
         self.images = ImageStore(directory / "data" / "images")
+
+    @property
+    def backend(self) -> VectorBackend:
+        """The active model's index (the one the API searches)."""
+        active = self.catalog.active()
+        assert active is not None, "the stack made no index"
+        return self.catalog.view(active)
 
     def start_worker(self) -> Worker:
         worker = Worker(self.env, self.dir / f"worker-{len(self.workers)}.log")
@@ -125,7 +135,7 @@ class FaultStack:
             if worker.proc.poll() is None:
                 worker.stop()
         self.api.stop()
-        self.backend.close()
+        self.database.close()
         self.queue.close()
         stop(self.redis_proc)
         self.pg.stop()

@@ -32,6 +32,7 @@ from scripts.devservices import (
 )
 from scripts.synthetic import encode, jpeg, photo
 from shared.embedder import identify, settings_for
+from shared.imagestore import image_id_of
 from shared.services import Proxima
 from shared.types import ModelInfo
 from tests.conftest import _settings, _stack_env
@@ -46,12 +47,12 @@ SEED = 61_000  # the stack is shared with other tests: seeds no other test uses
 TRIP = "Trip 2024"
 
 
-def dated_jpeg(seed: int, taken: str) -> bytes:
+def dated_jpeg(seed: int, taken: str, quality: int = 90) -> bytes:
     """A JPEG whose EXIF says when it was taken (`2024:06:30 12:00:00`, as cameras write it)."""
     exif = Image.Exif()
     exif[0x0132] = taken  # DateTime
     exif.get_ifd(0x8769)[0x9003] = taken  # DateTimeOriginal
-    return encode(photo(seed), "JPEG", quality=90, exif=exif)
+    return encode(photo(seed), "JPEG", quality=quality, exif=exif)
 
 
 @pytest.fixture(scope="module")
@@ -385,11 +386,13 @@ def test_remote_service_maps_api_errors(api):
         "bad_input": lambda: remote.search_image(b"<html>no</html>", 3),
         "not_found": lambda: remote.similar("0" * 64, 3),
         "forbidden": lambda: remote.ingest_folder("/etc", True),
+        "bad_input ": lambda: remote.find_duplicates(1.5),  # a cosine is at most 1
+        "not_found ": lambda: remote.resolve_duplicates("0" * 64, ["1" * 64], []),  # no such group
     }
     for kind, call in cases.items():
         with pytest.raises(ServiceError) as exc:
             call()
-        assert exc.value.kind == kind, exc.value.detail
+        assert exc.value.kind == kind.strip(), exc.value.detail
     with pytest.raises(ServiceError) as exc:
         remote.search_text("shapes", 2, Query({"captured_from": "yesterday"}))
     assert exc.value.kind == "bad_input" and "ISO 8601" in exc.value.detail
@@ -431,6 +434,14 @@ def test_local_service_calls_the_api_services(client):
     with pytest.raises(ServiceError) as exc:
         local.activate("no_such_model_00000000")
     assert exc.value.kind == "not_found"
+    with pytest.raises(ServiceError) as exc:
+        local.find_duplicates(0.0)  # nothing is started
+    assert exc.value.kind == "bad_input" and "threshold" in exc.value.detail
+    with pytest.raises(ServiceError) as exc:
+        local.resolve_duplicates("0" * 64, ["1" * 64], [])
+    assert exc.value.kind == "not_found" and "no duplicate group" in exc.value.detail
+    total, groups = local.duplicates(0, 5)
+    assert total >= len(groups) and all(g.members[0].keeper and g.members[0].id == g.id for g in groups)
 
 
 @pytest.mark.parametrize(("header", "lang"), [
@@ -450,3 +461,92 @@ def test_random_weights_warning_is_on_the_status():
                                                 "random": True}, "vectors": 0, "queue_depth": 0, "problems": []}
     assert "random weights" in _status("en", health, None)
     assert "pesos aleatorios" in _status("es", health, None)
+
+
+# With the tiny random model every picture scores 0.96 to 0.998 against every other; copies of one picture
+# (another JPEG quality, half the size) score 0.9999 and more: this threshold keeps only the copies.
+DUPLICATE_THRESHOLD = "0.9995"
+
+
+def near_duplicates(seed: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Two pictures as the files of a camera roll gone through a few apps: (the first picture's copies, the
+    second's), by filename, the suggested keeper first (the most pixels, then the largest file)."""
+    first = photo(seed)
+    kept = {f"dup-{seed}-a.jpg": encode(first, "JPEG", quality=95),
+            f"dup-{seed}-a-q60.jpg": encode(first, "JPEG", quality=60),
+            f"dup-{seed}-a-small.jpg": encode(first.resize((160, 120)), "JPEG", quality=95)}
+    dated = {f"dup-{seed}-b.jpg": dated_jpeg(seed + 1, "2024:06:30 12:00:00", quality=92),
+             f"dup-{seed}-b-q70.jpg": dated_jpeg(seed + 1, "2024:07:02 09:30:00", quality=70)}
+    return kept, dated
+
+
+def thumbnail_status(api_url: str, image_id: str) -> int:
+    return httpx.get(f"{api_url}/images/{image_id}/thumbnail", timeout=30).status_code
+
+
+def show_group(page, group_id: str, offset: int):
+    """The duplicates tab's row of a group, on the page of groups from `offset` (other images of the shared
+    stack may group too, so it need not be on the first page): "Next"/"Previous groups" until it is drawn."""
+    shown = int(page.wait_for_selector(".px-dup-page").get_attribute("data-offset"))
+    while shown != offset:
+        step = 10 if shown < offset else -10
+        page.locator("#px-dup-next" if step > 0 else "#px-dup-prev").click()
+        shown += step
+        page.wait_for_selector(f'.px-dup-page[data-offset="{shown}"]')
+    return page.wait_for_selector(f"#px-dup-{group_id}")
+
+
+@pytest.mark.parametrize(("where", "seed"), [("mounted", SEED + 500), ("standalone", SEED + 510)])
+def test_duplicates_tab_finds_groups_deletes_the_rest_and_keeps_all(browser, api, request, where, seed):
+    url = f"{api.url}/ui/" if where == "mounted" else request.getfixturevalue("standalone")
+    kept, dated = near_duplicates(seed)
+    files = [("files", (name, data)) for name, data in {**kept, **dated}.items()]
+    job_id = httpx.post(f"{api.url}/images", files=files, timeout=30).json()["job_id"]
+    wait_for(lambda: httpx.get(f"{api.url}/jobs/{job_id}").json()["state"] == "completed", 60, "indexing")
+    a_ids, b_ids = [image_id_of(d) for d in kept.values()], [image_id_of(d) for d in dated.values()]
+
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Duplicates").click()
+    assert page.locator("#px-dup-threshold input").input_value() == "0.9"  # the default
+    page.locator("#px-dup-threshold input").fill(DUPLICATE_THRESHOLD)
+    page.locator("#px-find-duplicates").click()
+    done = page.wait_for_selector("#px-dup-progress .px-progress[data-state=completed]", timeout=90_000)
+    assert "images searched" in done.inner_text()
+    assert int(done.get_attribute("data-done")) == int(done.get_attribute("data-total")) >= 5
+    listing = httpx.get(f"{api.url}/duplicates", params={"limit": 200}).json()
+    assert listing["run"]["threshold"] == float(DUPLICATE_THRESHOLD)
+    order = {g["id"]: n for n, g in enumerate(listing["groups"])}
+    assert {m["id"] for m in listing["groups"][order[a_ids[0]]]["members"]} == set(a_ids)  # nothing else
+    assert {m["id"] for m in listing["groups"][order[b_ids[0]]]["members"]} == set(b_ids)
+
+    group_a = show_group(page, a_ids[0], order[a_ids[0]] // 10 * 10)
+    copies = group_a.query_selector_all("figure.px-dup-copy")
+    assert [c.get_attribute("data-id") for c in copies][0] == a_ids[0]  # the keeper first, marked
+    assert {c.get_attribute("data-id") for c in copies} == set(a_ids)
+    assert [c.get_attribute("data-keeper") for c in copies] == ["true", "false", "false"]
+    keeper = copies[0].inner_text()
+    assert "★ keep" in keeper and "320 × 240" in keeper and "KB" in keeper and f"dup-{seed}-a.jpg" in keeper
+    small = next(c for c in copies if c.get_attribute("data-id") == a_ids[2]).inner_text()
+    assert "160 × 120" in small and "similarity 0.99" in small and "date unknown" in small
+    page.wait_for_function(  # the thumbnails load (the mounted page's through Gradio's file route)
+        f"[...document.querySelectorAll('#px-dup-{a_ids[0]} img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert "oldest capture date" in page.locator("#px-dup-rule").inner_text()  # the keep rule, stated once
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"ui-duplicates-{where}.png"), full_page=True)
+
+    group_a.query_selector(".px-dup-delete").click()  # "Delete the rest"
+    page.wait_for_selector(f"#px-dup-{a_ids[0]}", state="detached")
+    assert "2 copies deleted" in page.locator("#px-dup-message").inner_text()
+    assert [thumbnail_status(api.url, i) for i in a_ids] == [200, 404, 404]
+
+    group_b = show_group(page, b_ids[0], [g["id"] for g in httpx.get(
+        f"{api.url}/duplicates", params={"limit": 200}).json()["groups"]].index(b_ids[0]) // 10 * 10)
+    dates = [c.query_selector(".px-dup-date").inner_text() for c in group_b.query_selector_all("figure")]
+    assert dates == ["2024-06-30 12:00", "2024-07-02 09:30"]  # the keeper: the same pixels, the larger file
+    group_b.query_selector(".px-dup-keep").click()  # "Keep all"
+    page.wait_for_selector(f"#px-dup-{b_ids[0]}", state="detached")
+    assert "All 2 images kept" in page.locator("#px-dup-message").inner_text()
+    assert [thumbnail_status(api.url, i) for i in b_ids] == [200, 200]
+    left = httpx.get(f"{api.url}/duplicates", params={"limit": 200}).json()["groups"]
+    assert not {m["id"] for g in left for m in g["members"]} & {*a_ids, *b_ids}
+    page.close()

@@ -170,7 +170,8 @@ def test_manticore_runs_inside_the_stack_and_keeps_its_data(tmp_path, tiny_model
         wait_for(lambda: httpx.get(job_url).json()["state"] == "completed", 90, "the job")
         health = httpx.get(f"{up.url}/health").json()
         assert (health["backend"], health["vectors"]) == ("manticore", 6), health
-        assert (tmp_path / "data" / "manticore" / "data" / "proxima_images").is_dir()
+        tables = [p.name for p in (tmp_path / "data" / "manticore" / "data").iterdir()]
+        assert any(name.startswith("proxima_images_") for name in tables), tables  # the model's own table
         up.proc.send_signal(signal.SIGINT)
         up.proc.wait(15)
         wait_for(lambda: _gone(searchd), 5, "searchd to stop with the stack")

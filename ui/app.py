@@ -1,5 +1,6 @@
-"""The Gradio page: search (image, webcam, text, more like this), add images, and status (with the model
-identities, a re-embed's progress and the switch to another model).
+"""The Gradio page: search (image, webcam, text, more like this), add images, near-duplicates (find them,
+then delete the rest of a group or keep all), and status (with the model identities, a re-embed's progress
+and the switch to another model).
 
 `build_ui(service)` works with any ProximaService: in the API process it gets a LocalService (same
 service functions as the routes, no HTTP round trip); `python -m ui --api URL` gives it a RemoteService.
@@ -11,6 +12,7 @@ import html
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +20,10 @@ from typing import Any, Literal
 
 import gradio as gr
 
+from shared.duplicates import DEFAULT_THRESHOLD
 from shared.pipeline import MAX_QUERY_CHARS
 from shared.types import Job
-from ui.service import Found, ProximaService, Query, Result, ServiceError
+from ui.service import DuplicateGroup, Found, ProximaService, Query, Result, ServiceError
 from ui.text import i18n, language, t
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ MAX_TOP_K = 100
 POLL_S = 0.5
 MODELS_POLL_S = 2.0  # the status tab refreshes itself this often while a re-embed is running
 ERRORS_SHOWN = 200
+GROUPS_PER_PAGE = 10  # groups of near-duplicates on one page of the duplicates tab
 CSS = """
 #px-title, #px-title * { font-size: 1.5rem !important; font-weight: 600; }
 .px-progress progress { width: 100%; height: 1.4em; }
@@ -38,6 +42,14 @@ CSS = """
 .px-models td.px-num { text-align: right; }
 .px-models td.px-reembed { min-width: 18em; }
 #px-results .fixed-height { max-height: none; min-height: 0; }  /* every result on the page, not a scroll box */
+.px-dup-group { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 0.6em; }
+.px-dup-row { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.px-dup-copy { margin: 0; width: 190px; padding: 0.4em; border: 3px solid transparent; border-radius: 8px; }
+.px-dup-copy img { display: block; width: 100%; height: 150px; object-fit: contain;
+                   background: var(--background-fill-secondary); }
+.px-dup-copy figcaption { font-size: 0.85em; line-height: 1.4; overflow-wrap: anywhere; margin-top: 0.3em; }
+.px-dup-keeper { border-color: var(--color-accent, #f97316); }
+.px-dup-keeper .px-dup-mark { color: var(--color-accent, #f97316); }
 """
 
 FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "BMP", "AVIF"]
@@ -68,6 +80,19 @@ class Asked:
 
 # message, gallery, tiles, the search, the "More results" button (the first two may be gr.update())
 Shown = tuple[Any, Any, list[Tile], Asked | None, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DuplicatesShown:
+    """The page of groups of near-duplicates on the duplicates tab (the groups are drawn from it)."""
+
+    offset: int
+    total: int
+    groups: tuple[DuplicateGroup, ...]
+
+
+# the groups shown, a line when there are none (or they cannot be read), the "Previous" and "Next" buttons
+GroupsShown = tuple[DuplicatesShown | None, str, dict[str, Any], dict[str, Any]]
 
 
 def _lang(request: gr.Request | None) -> str:
@@ -283,6 +308,62 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             return _error(lang, exc)
         return _note(t(lang, "model_activated", slug=slug))
 
+    def groups_page(lang: str, offset: int) -> GroupsShown:
+        """A page of the groups of near-duplicates from `offset` (the last page when fewer are left now)."""
+        try:
+            total, groups = service.duplicates(offset, GROUPS_PER_PAGE)
+            if not groups and offset > 0 and total > 0:  # resolved down to fewer pages: show the last one
+                offset = (total - 1) // GROUPS_PER_PAGE * GROUPS_PER_PAGE
+                total, groups = service.duplicates(offset, GROUPS_PER_PAGE)
+        except Exception as exc:
+            return None, _error(lang, exc), gr.update(interactive=False), gr.update(interactive=False)
+        if not groups:
+            return None, _note(t(lang, "dup_none")), gr.update(interactive=False), gr.update(interactive=False)
+        return (DuplicatesShown(offset, total, tuple(groups)), "", gr.update(interactive=offset > 0),
+                gr.update(interactive=offset + len(groups) < total))
+
+    def show_groups(shown: DuplicatesShown | None, request: gr.Request) -> GroupsShown:
+        return groups_page(_lang(request), shown.offset if shown else 0)
+
+    def previous_groups(shown: DuplicatesShown | None, request: gr.Request) -> GroupsShown:
+        return groups_page(_lang(request), max(0, (shown.offset if shown else 0) - GROUPS_PER_PAGE))
+
+    def next_groups(shown: DuplicatesShown | None, request: gr.Request) -> GroupsShown:
+        return groups_page(_lang(request), (shown.offset if shown else 0) + GROUPS_PER_PAGE)
+
+    def find_duplicates(threshold: float | None, request: gr.Request) -> Iterator[tuple[Any, ...]]:
+        """Start a run over the whole collection (a worker's job), follow it like an ingest, then show the
+        groups from the first page. A write: behind the API key like `activate` (see there)."""
+        lang = _lang(request)
+        off = gr.update(interactive=False)
+        yield "", "", None, "", off, off  # the groups shown go: the run replaces them
+        shown = ""
+        for shown, _ in follow(lang, lambda: service.find_duplicates(threshold)):
+            yield shown, "", None, "", off, off
+        yield shown, "", *groups_page(lang, 0)
+
+    def resolving(group: DuplicateGroup, delete: bool) -> Callable[..., tuple[Any, ...]]:
+        """The click on one group's "Delete the rest" (`delete`) or "Keep all" button: every member but the
+        keeper deleted, or taken out of the group (which goes, being the keeper alone). A write: behind the
+        API key like `activate` (see there): the page mounted in the API asks for the key before it shows
+        anything, the page run on its own sends its --api-key (POST /duplicates/{id}/resolve)."""
+        keeper = next((m.filename for m in group.members if m.keeper), group.id)
+
+        def act(shown: DuplicatesShown | None, request: gr.Request) -> tuple[Any, ...]:
+            lang = _lang(request)
+            rest = group.rest
+            try:
+                deleted, _ = service.resolve_duplicates(group.id, delete=rest if delete else [],
+                                                        ungroup=[] if delete else rest)
+            except Exception as exc:  # e.g. the group went meanwhile (another tab, a new run): say so, reload
+                note = _error(lang, exc)
+            else:
+                note = _note(t(lang, "dup_deleted", n=deleted, name=keeper) if delete
+                             else t(lang, "dup_kept", n=len(group.members), name=keeper))
+            return note, *groups_page(lang, shown.offset if shown else 0)
+
+        return act
+
     with gr.Blocks(title="Proxima", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(i18n("title"), elem_id="px-title")
         banner = gr.Markdown(visible=False, elem_id="px-random-warning")
@@ -334,6 +415,43 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                     folder_btn = gr.Button(i18n("folder_btn"), elem_id="px-ingest-folder")
             progress = gr.HTML(elem_id="px-job-progress")
             errors = gr.HTML(elem_id="px-job-errors")
+        with gr.Tab(i18n("tab_duplicates"), id="duplicates") as duplicates_tab:
+            # Finding and resolving are writes: behind the API key like activating a model (see `activate`).
+            with gr.Row(equal_height=True):
+                threshold = gr.Number(DEFAULT_THRESHOLD, label=i18n("dup_threshold"), info=i18n("dup_threshold_info"),
+                                      step=0.01, scale=3, elem_id="px-dup-threshold")
+                find_btn = gr.Button(i18n("dup_find_btn"), variant="primary", scale=1, elem_id="px-find-duplicates")
+            dup_progress = gr.HTML(elem_id="px-dup-progress")
+            gr.Markdown(i18n("dup_keep_rule"), elem_id="px-dup-rule")
+            dup_note = gr.HTML(elem_id="px-dup-message")
+            dup_line = gr.HTML(elem_id="px-dup-page")
+            dup_shown = gr.State(None)
+
+            @gr.render(inputs=[dup_shown])
+            def draw_groups(shown: DuplicatesShown | None, request: gr.Request) -> None:
+                """Each group a row of its copies side by side, and its two one-click buttons."""
+                if shown is None:
+                    return
+                lang = _lang(request)
+                last = shown.offset + len(shown.groups)
+                gr.HTML(f'<p class="px-dup-page" data-offset="{shown.offset}" data-total="{shown.total}">'
+                        f'{html.escape(t(lang, "dup_page", first=shown.offset + 1, last=last, total=shown.total))}'
+                        "</p>")
+                for group in shown.groups:
+                    with gr.Column(elem_id=f"px-dup-{group.id}", elem_classes=["px-dup-group"]):
+                        gr.HTML(_group_html(lang, group))
+                        with gr.Row():
+                            rest_btn = gr.Button(t(lang, "dup_delete_rest"), variant="stop", size="sm", scale=0,
+                                                 elem_classes=["px-dup-delete"])
+                            keep_btn = gr.Button(t(lang, "dup_keep_all"), size="sm", scale=0,
+                                                 elem_classes=["px-dup-keep"])
+                    resolved = [dup_note, dup_shown, dup_line, dup_prev, dup_next]
+                    rest_btn.click(resolving(group, delete=True), [dup_shown], resolved, concurrency_limit=None)
+                    keep_btn.click(resolving(group, delete=False), [dup_shown], resolved, concurrency_limit=None)
+
+            with gr.Row():
+                dup_prev = gr.Button(i18n("dup_prev"), interactive=False, elem_id="px-dup-prev")
+                dup_next = gr.Button(i18n("dup_next"), interactive=False, elem_id="px-dup-next")
         with gr.Tab(i18n("tab_status"), id="status") as status_tab:
             status_md = gr.Markdown(elem_id="px-status")
             gr.Markdown(i18n("models_header"))
@@ -362,6 +480,12 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         folder_btn.click(ingest, [folder, recursive, upload_collection], [progress, errors],
                          concurrency_limit=None).then(collections, None, pickers, concurrency_limit=None)
         search_tab.select(collections, None, pickers, concurrency_limit=None)
+        groups = [dup_shown, dup_line, dup_prev, dup_next]
+        # Following a run mostly sleeps between polls, as an ingest does.
+        find_btn.click(find_duplicates, [threshold], [dup_progress, dup_note, *groups], concurrency_limit=None)
+        duplicates_tab.select(show_groups, [dup_shown], groups, concurrency_limit=None)
+        dup_prev.click(previous_groups, [dup_shown], groups, concurrency_limit=None)
+        dup_next.click(next_groups, [dup_shown], groups, concurrency_limit=None)
         shown_by_status = [banner, status_md, query_text, text_btn, text_off, models_html, activate_slug, ticker]
         refresh.click(status, [activate_slug], shown_by_status, concurrency_limit=None)
         status_tab.select(status, [activate_slug], shown_by_status, concurrency_limit=None)
@@ -375,23 +499,59 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
 
 def _progress(lang: str, job: Job) -> str:
     processed = job.done + job.failed
-    text = t(lang, "job_progress", job=job.job_id, state=t(lang, f"state_{job.state.value}"),
-             done=job.done, failed=job.failed, total=job.total)
-    if job.kind not in ("upload", "reembed") and job.seen:
+    state = t(lang, f"state_{job.state.value}")
+    if job.kind == "duplicates":  # open while it runs: images searched, not indexed, and no walk
+        text = t(lang, "dup_progress", job=job.job_id, state=state, done=job.done, total=job.total)
+    else:
+        text = t(lang, "job_progress", job=job.job_id, state=state, done=job.done, failed=job.failed,
+                 total=job.total)
+    if job.kind not in ("upload", "reembed", "duplicates") and job.seen:
         text += t(lang, "job_seen", seen=job.seen, skipped=job.skipped)
     if job.rate_per_s:
         text += t(lang, "job_rate", rate=job.rate_per_s)
     if job.eta_s:
         text += t(lang, "job_eta", eta=job.eta_s)
-    if job.walking:
+    if job.walking and job.kind != "duplicates":
         text += t(lang, "job_walking_store" if job.kind == "reembed" else "job_walking")
     if job.interrupted:
-        text += t(lang, "job_interrupted")
+        text += t(lang, "dup_interrupted" if job.kind == "duplicates" else "job_interrupted")
     maximum = max(job.total, 1)
     return (f'<div class="px-progress" data-state="{html.escape(job.state.value)}" data-done="{job.done}" '
             f'data-failed="{job.failed}" data-total="{job.total}">'
             f'<progress value="{min(processed, maximum)}" max="{maximum}"></progress>'
             f"<p>{html.escape(text)}</p></div>")
+
+
+def _src(image: str) -> str:
+    """A thumbnail as the browser loads it: a URL as it is; a local file (the page mounted in the API, whose
+    images folder Gradio may serve) through Gradio's file route, relative to the page."""
+    if image.startswith(("http://", "https://")):
+        return image
+    return "gradio_api/file=" + urllib.parse.quote(image)
+
+
+def _file_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KB" if size < 1024 ** 2 else f"{size / 1024 ** 2:.1f} MB"
+
+
+def _group_html(lang: str, group: DuplicateGroup) -> str:
+    """A group's copies side by side: thumbnail, the keeper's mark or the similarity to it, resolution, file
+    size, capture date and filename."""
+    cards = []
+    for m in group.members:
+        mark = (f'<b class="px-dup-mark">{html.escape(t(lang, "dup_keeper"))}</b>' if m.keeper
+                else html.escape(t(lang, "dup_similarity", score=math.floor(m.score * 10_000) / 10_000)))  # 0.9999…
+        taken = m.captured_at.strftime("%Y-%m-%d %H:%M") if m.captured_at else t(lang, "dup_no_date")
+        facts = "".join(f"<br><span class=\"px-dup-{name}\">{html.escape(value)}</span>" for name, value in (
+            ("resolution", f"{m.width} × {m.height}"), ("size", _file_size(m.size_bytes)), ("date", taken),
+            ("filename", m.filename)))
+        cards.append(f'<figure class="px-dup-copy{" px-dup-keeper" if m.keeper else ""}" data-id="{html.escape(m.id)}" '
+                     f'data-keeper="{"true" if m.keeper else "false"}">'
+                     f'<img src="{html.escape(_src(m.image))}" alt="{html.escape(m.filename)}" loading="lazy">'
+                     f"<figcaption>{mark}{facts}</figcaption></figure>")
+    return f'<div class="px-dup-row" data-group="{html.escape(group.id)}">{"".join(cards)}</div>'
 
 
 def _errors(lang: str, job: Job) -> str:

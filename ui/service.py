@@ -17,13 +17,16 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 
-from shared.backends import Hit
+from shared.backends import Hit, ImageRecord
 from shared.client import ApiClient
+from shared.duplicates import DEFAULT_THRESHOLD, Group
+from shared.imagestore import ImageStore
 from shared.pipeline import Page
 from shared.services import Proxima, upload_files
 from shared.types import ImageError, Job, ProximaError, ServiceError, describe
 
-__all__ = ["FIRST", "Found", "LocalService", "ProximaService", "Query", "RemoteService", "Result", "ServiceError"]
+__all__ = ["FIRST", "Copy", "DuplicateGroup", "Found", "LocalService", "ProximaService", "Query", "RemoteService",
+           "Result", "ServiceError"]
 
 UPLOAD_CHUNK = 64  # files per call when adding many images: bounded memory, steady progress
 T = TypeVar("T")
@@ -58,6 +61,32 @@ class Found:
     next_offset: int | None = None  # the offset of the next page of the same query; None when there is none
 
 
+@dataclass(frozen=True)
+class Copy:
+    """One image of a group of near-duplicates, with what tells the copies apart."""
+
+    id: str
+    score: float  # cosine similarity to the group's suggested keeper (1.0 for the keeper)
+    keeper: bool  # the suggested keeper (shared.duplicates.KEEP_RULE)
+    filename: str
+    image: str  # its thumbnail: a local file path, or a URL the browser can load
+    width: int
+    height: int
+    size_bytes: int
+    captured_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    id: str  # the group's id (its keeper's image id)
+    members: tuple[Copy, ...]  # the keeper first, then by score
+
+    @property
+    def rest(self) -> list[str]:
+        """The ids of every member but the keeper."""
+        return [m.id for m in self.members if not m.keeper]
+
+
 class ProximaService(Protocol):
     flower_url: str
 
@@ -71,10 +100,27 @@ class ProximaService(Protocol):
     def status(self) -> dict[str, Any]: ...
     def models(self) -> list[dict[str, Any]]: ...
     def activate(self, slug: str) -> None: ...
+    def find_duplicates(self, threshold: float | None = None) -> str: ...
+    def duplicates(self, offset: int, limit: int) -> tuple[int, list[DuplicateGroup]]: ...
+    def resolve_duplicates(self, group_id: str, delete: list[str],
+                           ungroup: list[str]) -> tuple[int, DuplicateGroup | None]: ...
 
 
 def _label(files: list[Path]) -> str:
     return f"{len(files)} uploaded files"
+
+
+def _captured(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _picture(images: ImageStore, image_id: str) -> str:
+    """A stored image's thumbnail file (made on first use), or the image's own path when it cannot be made
+    (file gone or undecodable: the page shows it missing)."""
+    try:
+        return str(images.thumbnail(image_id))
+    except (OSError, ImageError):
+        return str(images.path(image_id))
 
 
 def page_of(k: int, query: Query) -> Page:
@@ -106,14 +152,7 @@ class LocalService:
 
         page, hits = self._run(run)
         images = self._proxima().images
-
-        def picture(image_id: str) -> str:
-            try:
-                return str(images.thumbnail(image_id))
-            except (OSError, ImageError):  # file gone or undecodable: the tile shows it is missing
-                return str(images.path(image_id))
-
-        return Found([Result(h.id, h.score, h.record.filename, picture(h.id), h.record.captured_at,
+        return Found([Result(h.id, h.score, h.record.filename, _picture(images, h.id), h.record.captured_at,
                              tuple(h.record.collections)) for h in hits],
                      (time.perf_counter() - started) * 1000, page.next_offset(len(hits)))
 
@@ -151,6 +190,35 @@ class LocalService:
         """Serve searches with `slug`'s index; ServiceError (bad_input) unless it holds every stored image."""
         self._run(lambda: self._proxima().activate(slug))
 
+    def find_duplicates(self, threshold: float | None = None) -> str:
+        """Start a near-duplicates run over the whole collection (a worker's job); its job id."""
+        return self._run(lambda: self._proxima().start_duplicates(
+            DEFAULT_THRESHOLD if threshold is None else threshold))
+
+    def _group(self, group: Group, records: dict[str, ImageRecord]) -> DuplicateGroup:
+        images = self._proxima().images
+        return DuplicateGroup(group.id, tuple(
+            Copy(m.id, m.score, m.id == group.keeper, r.filename, _picture(images, m.id), r.width, r.height,
+                 r.size_bytes, r.captured_at)
+            for m in group.members if (r := records.get(m.id)) is not None))
+
+    def duplicates(self, offset: int, limit: int) -> tuple[int, list[DuplicateGroup]]:
+        """(groups in all, a page of them), the largest first (the last finished run's)."""
+        total, page = self._run(lambda: self._proxima().duplicate_groups(offset, limit))
+        return total, [self._group(group, records) for group, records in page]
+
+    def resolve_duplicates(self, group_id: str, delete: list[str],
+                           ungroup: list[str]) -> tuple[int, DuplicateGroup | None]:
+        """Delete members of a group (a write) and/or take them out of it: (how many were deleted, what is left
+        of the group; None when fewer than two remain)."""
+        def run() -> tuple[int, DuplicateGroup | None]:
+            proxima = self._proxima()
+            deleted, left = proxima.resolve_duplicates(group_id, delete=delete, ungroup=ungroup)
+            records = proxima.backend.get([m.id for m in left.members]) if left else {}
+            return deleted, self._group(left, records) if left else None
+
+        return self._run(run)
+
 
 class RemoteService:
     """Against a running API over HTTP; result images are loaded by the browser from the API's URLs."""
@@ -160,11 +228,8 @@ class RemoteService:
         self.flower_url = flower_url
 
     def _found(self, body: dict[str, Any]) -> Found:
-        def captured(value: str | None) -> datetime | None:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
         return Found([Result(r["id"], r["score"], r["filename"], self.client.api_url + r["thumbnail_url"],
-                             captured(r.get("captured_at")), tuple(r.get("collections") or ()))
+                             _captured(r.get("captured_at")), tuple(r.get("collections") or ()))
                       for r in body["results"]], body["took_ms"], body.get("next_offset"))
 
     @staticmethod
@@ -202,3 +267,25 @@ class RemoteService:
 
     def activate(self, slug: str) -> None:
         self.client.call("POST", f"/admin/models/{urllib.parse.quote(slug, safe='')}/activate")
+
+    def find_duplicates(self, threshold: float | None = None) -> str:
+        """POST /admin/duplicates: a write, so it needs the API key when the API has one (--api-key)."""
+        body = {} if threshold is None else {"threshold": threshold}
+        return str(self.client.call("POST", "/admin/duplicates", json=body)["job_id"])
+
+    def _group(self, body: dict[str, Any]) -> DuplicateGroup:
+        return DuplicateGroup(str(body["id"]), tuple(
+            Copy(m["id"], m["score"], bool(m["keeper"]), m["filename"], self.client.api_url + m["thumbnail_url"],
+                 m["width"], m["height"], m["size_bytes"], _captured(m.get("captured_at")))
+            for m in body["members"]))
+
+    def duplicates(self, offset: int, limit: int) -> tuple[int, list[DuplicateGroup]]:
+        body = self.client.call("GET", "/duplicates", params={"offset": offset, "limit": limit})
+        return int(body["total"]), [self._group(g) for g in body["groups"]]
+
+    def resolve_duplicates(self, group_id: str, delete: list[str],
+                           ungroup: list[str]) -> tuple[int, DuplicateGroup | None]:
+        """POST /duplicates/{id}/resolve: a write, so it needs the API key when the API has one (--api-key)."""
+        body = self.client.call("POST", f"/duplicates/{urllib.parse.quote(group_id, safe='')}/resolve",
+                                json={"delete": list(delete), "ungroup": list(ungroup)})
+        return int(body["deleted"]), self._group(body["group"]) if body.get("group") else None

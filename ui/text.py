@@ -102,6 +102,29 @@ TEXTS: dict[str, dict[str, str]] = {
         "no_model_chosen": "Choose a model to activate first.",
         "model_activated": "{slug} is now the active model: searches use its index (every API process and "
                            "worker within a few seconds).",
+        "tab_duplicates": "Duplicates",
+        "dup_threshold": "Similarity threshold",
+        "dup_threshold_info": "Two images are near-duplicates at this similarity (cosine, up to 1) or above: "
+                              "higher finds only closer copies. Empty: the default.",
+        "dup_find_btn": "Find duplicates",
+        "dup_keep_rule": "Near-duplicates across the whole collection, side by side. ★ marks the copy suggested "
+                         "for keeping: the one with the most pixels, then the largest file, then the oldest "
+                         "capture date. “Delete the rest” deletes every other copy of the group for good; "
+                         "“Keep all” keeps them and takes the group off the list.",
+        "dup_delete_rest": "Delete the rest",
+        "dup_keep_all": "Keep all",
+        "dup_prev": "Previous groups",
+        "dup_next": "Next groups",
+        "dup_page": "Groups {first}–{last} of {total}",
+        "dup_none": "No groups of near-duplicates. “Find duplicates” looks for them across the whole collection.",
+        "dup_keeper": "★ keep",
+        "dup_similarity": "similarity {score:.4f}",
+        "dup_no_date": "date unknown",
+        "dup_deleted": "{n} copies deleted; “{name}” kept.",
+        "dup_kept": "All {n} images kept; the group of “{name}” is off the list.",
+        "dup_progress": "Job {job}: {state}. {done} of {total} images searched",
+        "dup_interrupted": ". The run stopped before the end (its worker was stopped): click “Find duplicates” "
+                           "again to go on where it stopped",
     },
     "es": {
         "title": "Proxima: búsqueda de imágenes similares",
@@ -196,6 +219,29 @@ TEXTS: dict[str, dict[str, str]] = {
         "no_model_chosen": "Primero elige un modelo a activar.",
         "model_activated": "{slug} es ahora el modelo activo: las búsquedas usan su índice (todos los procesos de "
                            "la API y los workers en pocos segundos).",
+        "tab_duplicates": "Duplicados",
+        "dup_threshold": "Umbral de similitud",
+        "dup_threshold_info": "Dos imágenes son casi duplicadas con esta similitud (coseno, hasta 1) o más: "
+                              "cuanto más alto, solo copias más parecidas. Vacío: el valor por defecto.",
+        "dup_find_btn": "Buscar duplicados",
+        "dup_keep_rule": "Imágenes casi duplicadas de toda la colección, una junto a otra. ★ marca la copia que se "
+                         "sugiere conservar: la de más píxeles, después la de archivo más grande, después la de "
+                         "fecha de captura más antigua. «Borrar las demás» borra para siempre las otras copias "
+                         "del grupo; «Conservar todas» las conserva y quita el grupo de la lista.",
+        "dup_delete_rest": "Borrar las demás",
+        "dup_keep_all": "Conservar todas",
+        "dup_prev": "Grupos anteriores",
+        "dup_next": "Grupos siguientes",
+        "dup_page": "Grupos {first}–{last} de {total}",
+        "dup_none": "No hay grupos de imágenes casi duplicadas. «Buscar duplicados» las busca en toda la colección.",
+        "dup_keeper": "★ conservar",
+        "dup_similarity": "similitud {score:.4f}",
+        "dup_no_date": "fecha desconocida",
+        "dup_deleted": "{n} copias borradas; se conserva «{name}».",
+        "dup_kept": "Se conservan las {n} imágenes; el grupo de «{name}» sale de la lista.",
+        "dup_progress": "Trabajo {job}: {state}. {done} de {total} imágenes examinadas",
+        "dup_interrupted": ". La búsqueda se detuvo antes del final (su worker se paró): vuelve a pulsar «Buscar "
+                           "duplicados» para seguir donde se quedó",
     },
 }
 i18n = gr.I18n(**TEXTS)

@@ -31,7 +31,7 @@ from shared.decode import Decoder, decode_mode
 from shared.embedder import Embedder, load_embedder, load_model
 from shared.ingest import ingest_files
 from shared.pipeline import embed_batch
-from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE, REEMBED_BATCH
+from shared.queue import EMBED_BATCH, FIND_DUPLICATES, INGEST_FILES, RECONCILE, REEMBED_BATCH
 from shared.reembed import batch_items, check_complete, reembed_batch
 from shared.services import Proxima
 from shared.types import (
@@ -277,6 +277,15 @@ def _activate_when_complete(job_id: str, slug: str) -> None:
             p.send_reembed(job_id, f"catch-up-{time.time_ns()}-{n}", batch_items(todo[start:start + size], slug))
     finally:
         p.redis.delete(f"proxima:activating:{slug}")
+
+
+@app.task(name=FIND_DUPLICATES, acks_late=False)
+def find_duplicates_task(job_id: str) -> dict[str, int]:
+    """Search every image for its near-duplicates and publish the groups (resumed where a run stopped).
+    Not acknowledged late: a run can outlast the visibility timeout; one cut short is resumed by starting
+    the duplicates job again (`POST /admin/duplicates`), which goes on from its cursor."""
+    groups = context().proxima.find_duplicates(job_id)
+    return {"groups": len(groups)}
 
 
 @app.task(name=RECONCILE, acks_late=False)
