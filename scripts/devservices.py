@@ -160,6 +160,17 @@ def write_tiny_model(directory: Path, *, seed: int = 7, dim: int = 64) -> tuple[
     return config, checkpoint
 
 
+def data_dir_sharing_models(data_dir: Path, models: Path) -> Path:
+    """`data_dir`, created, whose `models/` is the folder `models` (tests: many stacks, one export of each
+    model instead of one per stack; the export cache is keyed and locked, so sharing it is safe)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    models.mkdir(parents=True, exist_ok=True)
+    link = data_dir / "models"
+    if not link.exists():
+        link.symlink_to(models.resolve(), target_is_directory=True)
+    return data_dir
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
     if proc.poll() is None:
         proc.terminate()

@@ -23,6 +23,7 @@ from scripts.devservices import (
     Postgres,
     Worker,
     create_database,
+    data_dir_sharing_models,
     searchd_from_environment,
     start_manticore,
     start_milvus_lite,
@@ -134,13 +135,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_tiny_model(tmp_path_factory.mktemp("model"))
 
 
+def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache (exports for OpenVINO) for every stack of the session."""
+    return tmp_path_factory.getbasetemp() / "models-cache"
+
+
 def _stack_env(tmp_path_factory, redis_url: str, tiny_model: tuple[Path, Path], db: int,
                **backend: str) -> dict[str, str]:
     """The settings of every process of one test stack (each stack has its own Redis database); processes
     get exactly these (`devservices.child_env`), whatever the environment pytest runs in."""
     config, checkpoint = tiny_model
     return {
-        "DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "DATA_DIR": str(data_dir_sharing_models(tmp_path_factory.mktemp("data"), models_cache(tmp_path_factory))),
         "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{db}",
         "MODEL_NAME": str(config),
         "MODEL_PRETRAINED": str(checkpoint),

@@ -21,7 +21,18 @@ import httpx
 import pytest
 import redis
 
-from scripts.devservices import REPO, Api, Postgres, Worker, child_env, free_port, start_redis, stop, wait_for
+from scripts.devservices import (
+    REPO,
+    Api,
+    Postgres,
+    Worker,
+    child_env,
+    data_dir_sharing_models,
+    free_port,
+    start_redis,
+    stop,
+    wait_for,
+)
 from scripts.synthetic import jpeg
 from shared.backends import VectorBackend
 from shared.backends.pgvector import PgVectorBackend
@@ -44,7 +55,8 @@ class FaultStack:
         self.pg = Postgres(directory / "pg")
         config, checkpoint = tiny_model
         self.env = {
-            "DATA_DIR": str(directory / "data"), "REDIS_URL": self.redis_url, "DATABASE_URL": self.pg.url,
+            "DATA_DIR": str(data_dir_sharing_models(directory / "data", directory.parent / "models-cache")),
+            "REDIS_URL": self.redis_url, "DATABASE_URL": self.pg.url,
             "MODEL_NAME": str(config), "MODEL_PRETRAINED": str(checkpoint), "DEVICE": "cpu", "BATCH_SIZE": "4",
             "DECODE_THREADS": "2", "TASK_VISIBILITY_TIMEOUT_S": "10", "TASK_MAX_RETRIES": "10",
         }

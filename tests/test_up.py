@@ -18,19 +18,21 @@ import httpx
 import psutil
 import pytest
 
-from scripts.devservices import REPO, child_env, free_port, wait_for
+from scripts.devservices import REPO, child_env, data_dir_sharing_models, free_port, wait_for
 from scripts.synthetic import jpeg
 
 pytestmark = pytest.mark.slow
 
 
 class Launcher:
-    def __init__(self, tmp: Path, tiny_model: tuple[Path, Path], **overrides: str) -> None:
+    def __init__(self, tmp: Path, tiny_model: tuple[Path, Path], models: Path | None = None, **overrides: str) -> None:
         config, checkpoint = tiny_model
+        models = models or tmp.parent / "models-cache"  # the session's (tests/conftest.py: models_cache)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = {
-            "DATA_DIR": str(tmp / "data"), "API_PORT": str(self.port), "FLOWER_PORT": str(free_port()),
+            "DATA_DIR": str(data_dir_sharing_models(tmp / "data", models)), "API_PORT": str(self.port),
+            "FLOWER_PORT": str(free_port()),
             "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "MODEL_NAME": str(config),
             "MODEL_PRETRAINED": str(checkpoint), "DEVICE": "cpu", "BATCH_SIZE": "4", "DECODE_THREADS": "2",
             "TASK_VISIBILITY_TIMEOUT_S": "10", **overrides,
@@ -194,7 +196,7 @@ def test_manticore_without_a_server_binary_stops_with_what_to_set(tmp_path, tiny
     cases = {"": "MANTICORE_SEARCHD to a searchd binary", str(tmp_path / "nope"): "no executable file there"}
     for n, (searchd, message) in enumerate(cases.items()):
         (tmp_path / str(n)).mkdir()
-        up = Launcher(tmp_path / str(n), tiny_model, VECTOR_BACKEND="manticore",
+        up = Launcher(tmp_path / str(n), tiny_model, tmp_path.parent / "models-cache", VECTOR_BACKEND="manticore",
                       MANTICORE_SEARCHD=searchd, PATH="/usr/local/bin:/usr/bin:/bin")
         try:
             up.proc.wait(90)
