@@ -569,11 +569,17 @@ class Proxima:
     def duplicate_groups(self, offset: int = 0,
                          limit: int = 20) -> tuple[int, list[tuple[Group, dict[str, ImageRecord]]]]:
         """(number of groups, a page of them with their members' records), the largest first; members no
-        longer indexed are left out."""
+        longer indexed are left out, and a group left with one member is dropped."""
         groups = self.duplicates.page(offset, limit)
         records = self.backend.get([m.id for g in groups for m in g.members])
-        return self.duplicates.count(), [(g, {m.id: records[m.id] for m in g.members if m.id in records})
-                                         for g in groups]
+        page = []
+        for group in groups:
+            present = {m.id: records[m.id] for m in group.members if m.id in records}
+            if len(present) < 2:  # its copies were deleted since the run (through DELETE /images/{id}, say)
+                self.duplicates.replace(group, None)
+                continue
+            page.append((group, present))
+        return self.duplicates.count(), page
 
     def resolve_duplicates(self, group_id: str, *, delete: Sequence[str] = (),
                            ungroup: Sequence[str] = ()) -> tuple[int, Group | None]:
