@@ -19,10 +19,12 @@ from api import errors
 from api.limits import BodySizeLimit
 from api.routes import admin, duplicates, health, images, ingest, jobs, search
 from api.routes import collections as albums
+from api.routes import metrics as metrics_route
 from api.security import key_matches
 from shared.batching import BatchingEmbedder
 from shared.config import Settings, get_settings
 from shared.embedder import load_embedder, load_model
+from shared.metrics import VERSION
 from shared.services import Proxima
 from ui.app import mount as mount_ui
 from ui.service import LocalService
@@ -46,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         proxima.close()
 
-    app = FastAPI(title="Proxima", summary="Self-hosted image similarity search", version="0.1.0",
+    app = FastAPI(title="Proxima", summary="Self-hosted image similarity search", version=VERSION,
                   lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, exempt=(f"{UI_PATH}/",))
     if settings.cors_origins:
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.add_api_route("/", lambda: RedirectResponse(f"{UI_PATH}/"), include_in_schema=False)
     errors.install(app)
+    # GET /metrics (not in the OpenAPI document) and the request counts; the page's requests count as /ui
+    metrics_route.install(app, groups=(UI_PATH,))
 
     flower = settings.flower_url or f":{settings.flower_port}"
     # The page calls the services directly, so with API_KEY set it asks for the key itself (as the password).

@@ -170,7 +170,9 @@ def worker_processes(settings, env: dict[str, str]) -> list[tuple[str, dict[str,
     visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     ids = visible[:gpus] if visible else [str(i) for i in range(gpus)]
     log.info("%d GPUs: one worker process on each", gpus)
-    return [(f"worker-gpu{i}", {**env, "CUDA_VISIBLE_DEVICES": gpu, "DEVICE": "cuda"}) for i, gpu in enumerate(ids)]
+    port = settings.metrics_port  # each worker serves its own metrics: METRICS_PORT, METRICS_PORT + 1, ...
+    return [(f"worker-gpu{i}", {**env, "CUDA_VISIBLE_DEVICES": gpu, "DEVICE": "cuda",
+                                "METRICS_PORT": str(port + i if port else 0)}) for i, gpu in enumerate(ids)]
 
 
 def main() -> int:

@@ -17,15 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from shared import metrics
 from shared.embedder import Embedder
 
 
 class _Merger:
     """A daemon thread that runs `encode` over everything queued, then splits the result back."""
 
-    def __init__(self, encode: Callable[[list[Any]], np.ndarray], max_batch: int, name: str) -> None:
+    def __init__(self, encode: Callable[[list[Any]], np.ndarray], max_batch: int, name: str, modality: str) -> None:
         self._encode = encode
         self._max_batch = max_batch
+        self._modality = modality
         self._queue: queue.SimpleQueue[tuple[list[Any], Future]] = queue.SimpleQueue()
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
@@ -44,6 +46,7 @@ class _Merger:
                 except queue.Empty:
                     break
                 count += len(pending[-1][0])
+            metrics.record_model_batch(self._modality, count)  # proxima_model_batch_size
             try:
                 vectors = self._encode([item for items, _ in pending for item in items])
             except Exception as exc:  # every waiting request gets the error, the thread lives on
@@ -65,8 +68,8 @@ class BatchingEmbedder:
         self.runtime = embedder.runtime
         self.precision = embedder.precision
         self.has_text = embedder.has_text
-        self._images = _Merger(lambda pixels: embedder.encode_images(list(pixels)), max_batch, "encode-images")
-        self._texts = _Merger(embedder.encode_text, max_batch, "encode-texts")
+        self._images = _Merger(lambda pixels: embedder.encode_images(list(pixels)), max_batch, "encode-images", "image")
+        self._texts = _Merger(embedder.encode_text, max_batch, "encode-texts", "text")
 
     def encode_images(self, pixels: Sequence[Any]) -> np.ndarray:
         if len(pixels) == 0:

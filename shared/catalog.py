@@ -209,18 +209,19 @@ class ModelCatalog:
 
 def model_change_message(active: IndexEntry, wanted: ModelInfo, known: IndexEntry | None) -> str:
     """Why a process whose settings name another model than the active one does not start, and what to run."""
+    name = wanted.config or wanted.name  # a custom architecture is named by its config file
     head = (f"the index serves model {active.model.label()} ({active.slug}), but the settings name "
-            f"{wanted.label()}: vectors of two models are never mixed. Either set MODEL_NAME={active.model.name} "
-            f"MODEL_PRETRAINED={active.model.pretrained} back")
+            f"{wanted.label()}: vectors of two models are never mixed. Either set "
+            f"MODEL_NAME={active.model.config or active.model.name} MODEL_PRETRAINED={active.model.pretrained} back")
     if active.model.extractor != wanted.extractor:
         head += f" EXTRACTOR={active.model.extractor}"
     if known is not None and known.state != ACTIVE:
         return (f"{head}, or switch to {wanted.slug} ({known.state}): `python scripts/reembed.py --activate "
                 f"{wanted.slug}` once it is complete (`python scripts/reembed.py --list` shows it; run "
-                f"`python scripts/reembed.py --name {wanted.name} --pretrained {wanted.pretrained}` to finish "
+                f"`python scripts/reembed.py --name {name} --pretrained {wanted.pretrained}` to finish "
                 "its re-embed).")
     return (f"{head}, or re-embed every image with the new model while the old one keeps serving: "
-            f"`python scripts/reembed.py --name {wanted.name} --pretrained {wanted.pretrained} --activate-when-done` "
+            f"`python scripts/reembed.py --name {name} --pretrained {wanted.pretrained} --activate-when-done` "
             "(or POST /admin/models), or set MODEL_CHANGE=reembed to have the API start that re-embed.")
 
 

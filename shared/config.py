@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: nvJPEG for JPEGs; auto: GPU and CPU pool together
     decode_threads: int = Field(0, ge=0, le=256)  # 0: one per CPU core
     worker_threads: int = Field(2, ge=1, le=64)  # batches a worker process handles at once
+    metrics_port: int = Field(0, ge=0, le=65535)  # a worker process serves its Prometheus metrics here; 0: off
 
     # API
     api_host: str = "127.0.0.1"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shared import metrics
 from shared.backends import Hit, ImageRecord, VectorBackend
 from shared.decode import Decoder
 from shared.embedder import Embedder
@@ -123,6 +124,8 @@ def accept_uploads(
         )
     for n, start in enumerate(range(0, len(queued), batch_size)):
         enqueue(job_id, f"{request_key}-b{n}", queued[start:start + batch_size])
+    metrics.record_images("upload", "duplicate", sum(r.status == "duplicate" for r in skipped))
+    metrics.record_images("upload", "failed", sum(r.status == "rejected" for r in skipped))
     return job_id, results
 
 
@@ -282,9 +285,13 @@ FIRST_PAGE = Page()
 
 def search_image(data: bytes, page: Page, *, embedder: Encoder, backend: VectorBackend, max_pixels: int) -> list[Hit]:
     """The indexed images most similar to `data`. Raises ImageError if it is not a decodable image."""
-    loaded = load_image(data, min_side=embedder.image_size, max_pixels=max_pixels)
-    vector = embedder.encode_images([to_model_input(loaded.image, embedder.image_size)])[0]
-    return page.run(backend, vector)
+    with metrics.search_stage("image", "decode"):
+        loaded = load_image(data, min_side=embedder.image_size, max_pixels=max_pixels)
+        pixels = to_model_input(loaded.image, embedder.image_size)
+    with metrics.search_stage("image", "embed"):
+        vector = embedder.encode_images([pixels])[0]
+    with metrics.search_stage("image", "vector_search"):
+        return page.run(backend, vector)
 
 
 def check_query_text(text: str) -> str:
@@ -299,7 +306,11 @@ def check_query_text(text: str) -> str:
 
 def search_text(text: str, page: Page, *, embedder: Encoder, backend: VectorBackend) -> list[Hit]:
     """The indexed images that best match a text description (QueryError if empty or too long)."""
-    return page.run(backend, embedder.encode_text([check_query_text(text)])[0])
+    text = check_query_text(text)
+    with metrics.search_stage("text", "embed"):
+        vector = embedder.encode_text([text])[0]
+    with metrics.search_stage("text", "vector_search"):
+        return page.run(backend, vector)
 
 
 def search_similar(image_id: str, page: Page, *, backend: VectorBackend) -> list[Hit] | None:
@@ -308,7 +319,8 @@ def search_similar(image_id: str, page: Page, *, backend: VectorBackend) -> list
     vector = backend.get_vectors([image_id]).get(image_id)
     if vector is None:
         return None
-    return page.run(backend, vector, exclude=[image_id])
+    with metrics.search_stage("similar", "vector_search"):
+        return page.run(backend, vector, exclude=[image_id])
 
 
 def delete_image(image_id: str, *, images: ImageStore, backend: VectorBackend) -> bool:

@@ -24,6 +24,7 @@ from scripts.devservices import (
     Worker,
     create_database,
     data_dir_sharing_models,
+    free_port,
     searchd_from_environment,
     start_manticore,
     start_milvus_lite,
@@ -154,6 +155,7 @@ def _stack_env(tmp_path_factory, redis_url: str, tiny_model: tuple[Path, Path], 
         "EMBED_RUNTIME": "openvino",  # the default on a CPU (auto), named so a missing package fails loudly
         "BATCH_SIZE": "8",
         "DECODE_THREADS": "2",
+        "METRICS_PORT": str(free_port()),  # the worker's /metrics (tests/test_metrics.py reads it)
         **{k.upper(): v for k, v in backend.items()},
     }
 

@@ -73,6 +73,7 @@ def test_every_endpoint_needs_the_key(keyed, indexed):
             assert "X-API-Key" in response.json()["detail"]
         assert keyed.request(method, url, headers=GOOD, **kwargs).status_code != 401, name
     assert keyed.get("/health").status_code == 200  # health checks need no key
+    assert keyed.get("/metrics").status_code == 200  # nor Prometheus' scrapes
 
 
 def test_public_search_opens_searches_only(public, indexed):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import yaml
 
 from scripts.devservices import REPO
+from shared import metrics
 from shared.config import Settings
 from tests.test_config import example_vars
 
@@ -35,7 +37,10 @@ def test_services_volumes_profiles_and_health():
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            assert source in COMPOSE["volumes"], f"{name}: volume {source} not declared"
+            if source.startswith("./"):  # a file or folder of the repository (the monitoring configuration)
+                assert (REPO / source).exists(), f"{name}: mounts missing {source}"
+            else:
+                assert source in COMPOSE["volumes"], f"{name}: volume {source} not declared"
         assert service.get("restart") == "unless-stopped", name
     for backend, profile in (("postgres", "pgvector"), ("milvus", "milvus"), ("manticore", "manticore")):
         assert services[backend]["profiles"] == [profile]
@@ -83,3 +88,93 @@ def test_override_files_extend_real_services(name):
             assert (REPO / spec["build"]["dockerfile"]).exists()
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (REPO / name).read_text()))
     assert used - set(example_vars()) == set()
+
+
+# --- the `monitoring` profile: Prometheus' scrape configuration and Grafana's provisioning -------------------
+
+MONITORING = REPO / "monitoring"
+
+
+def _mounts(service: str) -> dict[str, str]:
+    """Container path → repository path of the service's bind mounts."""
+    out = {}
+    for volume in COMPOSE["services"][service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            out[target] = source[2:]
+    return out
+
+
+def _container_port(service: str) -> int:
+    """The port the service's metrics are served on inside the Compose network."""
+    env = COMPOSE["services"][service]["environment"]
+    return int(env["API_PORT"] if "API_PORT" in env else env["METRICS_PORT"])
+
+
+def test_the_monitoring_profile_runs_prometheus_and_grafana_on_repository_files():
+    services = COMPOSE["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"], name
+        assert "healthcheck" in services[name], name
+    assert _mounts("prometheus")["/etc/prometheus/prometheus.yml"] == "monitoring/prometheus.yml"
+    assert "/etc/grafana/provisioning" in _mounts("grafana")
+    # Prometheus has no authentication: published on the host's loopback only
+    assert all(port.startswith("127.0.0.1:") for port in services["prometheus"]["ports"])
+    assert int(COMPOSE["x-app-env"]["METRICS_PORT"]) > 0  # the workers serve their metrics in Compose
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_where_compose_serves_them():
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                scraped[host] = int(port)
+        for dns in job.get("dns_sd_configs", []):
+            assert dns["type"] == "A"
+            for host in dns["names"]:
+                scraped[host] = int(dns["port"])
+    assert set(scraped) == {"api", "worker"}
+    for service, port in scraped.items():
+        assert service in COMPOSE["services"], f"scrapes {service}, not a Compose service"
+        assert port == _container_port(service), f"{service}: scraped on {port}, serves on {_container_port(service)}"
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard():
+    provisioning = MONITORING / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert len(sources) == 1 and sources[0]["type"] == "prometheus"
+    assert re.fullmatch(r"http://prometheus:9090", sources[0]["url"])
+    provider = yaml.safe_load((provisioning / "dashboards" / "proxima.yml").read_text())["providers"][0]
+    mounted = _mounts("grafana")[provider["options"]["path"]]
+    assert (REPO / mounted / "proxima.json").is_file()
+    dashboard = json.loads((REPO / mounted / "proxima.json").read_text())
+    for panel in dashboard["panels"]:
+        for thing in (panel, *panel["targets"]):
+            assert thing["datasource"]["uid"] == sources[0]["uid"], panel["title"]
+
+
+def _dashboard_queries() -> dict[str, list[str]]:
+    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "proxima.json").read_text())
+    return {panel["title"]: [t["expr"] for t in panel["targets"]] for panel in dashboard["panels"]}
+
+
+def test_every_dashboard_query_names_only_metrics_that_shared_metrics_defines():
+    defined = metrics.sample_names()
+    for title, queries in _dashboard_queries().items():
+        assert queries, title
+        for query in queries:
+            named = set(re.findall(r"\b(proxima_[a-z0-9_]+)", query))
+            assert named, f"{title}: {query} names no Proxima metric"
+            assert named <= defined, f"{title}: {sorted(named - defined)} not defined in shared/metrics.py"
+
+
+def test_the_dashboard_shows_ingest_stages_queue_search_latency_and_errors():
+    everything = " ".join(q for queries in _dashboard_queries().values() for q in queries)
+    for needed in ("rate(proxima_images_total", "proxima_stage_seconds_sum", "proxima_queue_batches",
+                   "histogram_quantile(0.5, sum by (le) (rate(proxima_http_request_duration_seconds_bucket",
+                   "histogram_quantile(0.99, sum by (le) (rate(proxima_http_request_duration_seconds_bucket",
+                   "proxima_search_stage_seconds_bucket", "proxima_backend_errors_total", "proxima_build_info"):
+        assert needed in everything, needed

@@ -31,6 +31,7 @@ from scripts.devservices import (
     write_tiny_model,
 )
 from scripts.synthetic import encode, jpeg, photo
+from shared.duplicates import DEFAULT_THRESHOLD
 from shared.embedder import identify, settings_for
 from shared.imagestore import image_id_of
 from shared.services import Proxima
@@ -507,7 +508,7 @@ def test_duplicates_tab_finds_groups_deletes_the_rest_and_keeps_all(browser, api
 
     page = open_page(browser, url)
     page.get_by_role("tab", name="Duplicates").click()
-    assert page.locator("#px-dup-threshold input").input_value() == "0.9"  # the default
+    assert float(page.locator("#px-dup-threshold input").input_value()) == DEFAULT_THRESHOLD  # the default
     page.locator("#px-dup-threshold input").fill(DUPLICATE_THRESHOLD)
     page.locator("#px-find-duplicates").click()
     done = page.wait_for_selector("#px-dup-progress .px-progress[data-state=completed]", timeout=90_000)

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from scripts.devservices import REPO, child_env, data_dir_sharing_models, free_port, wait_for
+from scripts.devservices import REPO, child_env, data_dir_sharing_models, free_port, wait_for, write_tiny_model
 from scripts.synthetic import jpeg
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,9 @@ def _upload(url: str, seeds: range, size=(1024, 768)) -> dict:
     return response.json()
 
 
-def test_a_killed_worker_is_restarted_and_every_image_is_indexed_once(launcher):
+def test_a_killed_worker_is_restarted_and_ctrl_c_then_stops_everything_within_ten_seconds(launcher):
+    """One stack for both (each start costs a model check and five processes): a worker SIGKILLed mid-job is
+    replaced and every image is indexed once; then Ctrl-C in the middle of the next batch stops it all."""
     body = _upload(launcher.url, range(100, 160), size=(1600, 1200))
     job_url = f"{launcher.url}/jobs/{body['job_id']}"
     wait_for(lambda: httpx.get(job_url).json()["done"] >= 4, 60, "the first batches")
@@ -120,8 +122,6 @@ def test_a_killed_worker_is_restarted_and_every_image_is_indexed_once(launcher):
     assert httpx.get(f"{launcher.url}/health").json()["vectors"] == 60  # ids are primary keys: each once
     assert launcher.proc.poll() is None
 
-
-def test_ctrl_c_stops_everything_within_ten_seconds_even_mid_batch(launcher):
     body = _upload(launcher.url, range(200, 260), size=(1600, 1200))
     wait_for(lambda: httpx.get(f"{launcher.url}/jobs/{body['job_id']}").json()["state"] == "running", 60, "work")
     processes = launcher.processes()
@@ -160,7 +160,8 @@ def test_a_model_that_cannot_load_stops_at_once_with_one_message(tmp_path, tiny_
 
 def test_manticore_runs_inside_the_stack_and_keeps_its_data(tmp_path, tiny_model, manticore_searchd):
     """VECTOR_BACKEND=manticore without MANTICORE_URL: the launcher runs searchd (here from MANTICORE_SEARCHD)
-    with its data under $DATA_DIR/manticore, stops it with the stack, and a second start finds the index."""
+    with its data under $DATA_DIR/manticore, stops it with the stack, and a second start finds the index; a
+    third start with other model weights stops before the API, saying how to re-embed."""
     settings = {"VECTOR_BACKEND": "manticore", "MANTICORE_SEARCHD": str(manticore_searchd)}
     up = Launcher(tmp_path, tiny_model, MANTICORE_PORT=str(free_port()), **settings)
     try:
@@ -188,6 +189,18 @@ def test_manticore_runs_inside_the_stack_and_keeps_its_data(tmp_path, tiny_model
         assert hits[0]["id"] == body["images"][0]["id"] and hits[0]["score"] > 0.999
     finally:
         again.close()
+
+    _, other_weights = write_tiny_model(tmp_path / "other", seed=11)
+    other = Launcher(tmp_path, tiny_model, MANTICORE_PORT=str(free_port()), MODEL_PRETRAINED=str(other_weights),
+                     **settings)
+    try:
+        other.proc.wait(120)
+        out = other.log()
+        assert other.proc.returncode != 0 and "the index serves another model" in out, out[-3000:]
+        assert "scripts/reembed.py --name " in out and "proxima-tiny.json" in out, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+    finally:
+        other.close()
 
 
 def test_manticore_without_a_server_binary_stops_with_what_to_set(tmp_path, tiny_model):

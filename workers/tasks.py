@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -21,9 +22,11 @@ from typing import Any, cast
 
 import redis
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.signals import worker_init
+from prometheus_client.metrics_core import Metric
 
+from shared import metrics
 from shared.backends import VectorBackend
 from shared.catalog import BUILDING, IndexEntry, Mirrored
 from shared.config import get_settings
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 # Errors after which the whole batch is tried again later (the upsert and the accounting are idempotent).
 RETRYABLE = (BackendUnavailable, redis.ConnectionError, redis.TimeoutError)
+# The `source` label of a batch task's metrics (shared.metrics.SOURCES)
+SOURCES = {EMBED_BATCH: "upload", INGEST_FILES: "folder", REEMBED_BATCH: "reembed"}
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,11 @@ def _build_context() -> WorkerContext:
 def _load_on_start(**_: object) -> None:
     """Load the model and check the index before taking any work: a worker with a bad configuration (a model
     that cannot load, an index built by another model) exits at once with the reason. A database that is
-    down only delays this: the first batch builds the context, retrying until the database is back."""
+    down only delays this: the first batch builds the context, retrying until the database is back.
+    With METRICS_PORT set, the process's metrics are served there first (shared.metrics.serve)."""
+    port = get_settings().metrics_port
+    if port:
+        metrics.serve(port, _metrics_facts)
     try:
         context()
     except BackendUnavailable as exc:
@@ -107,6 +116,14 @@ def _load_on_start(**_: object) -> None:
         log.critical("the worker cannot start: %s", exc)
         raise SystemExit(1) from exc
     threading.Thread(target=_sweep_lost_batches, name="lost-batches", daemon=True).start()
+
+
+def _metrics_facts() -> Iterator[Metric]:
+    """proxima_build_info of this worker, once its context is built (never waits for the model to load)."""
+    if _build_context.cache_info().currsize:
+        ctx = _build_context()
+        yield metrics.build_info("worker", ctx.embedder, ctx.proxima.settings.vector_backend,
+                                 device=str(ctx.embedder.device))
 
 
 SWEEP_S = 15.0
@@ -137,14 +154,33 @@ class BatchTask(Task):
     retry_jitter = True
     max_retries = 8  # TASK_MAX_RETRIES replaces it (task_annotations)
 
+    @property
+    def source(self) -> str:
+        """The `source` label of this task's metrics: upload, folder or reembed."""
+        return SOURCES.get(self.name, "other")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The task, timed: proxima_batch_seconds counts the batches that finished."""
+        started = time.perf_counter()
+        result = super().__call__(*args, **kwargs)
+        metrics.BATCH_SECONDS.labels(self.source).observe(time.perf_counter() - started)
+        return result
+
     def retry(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's retry, except when the retry cannot be queued (Redis is unreachable): Celery would then
         reject the batch for good (`Reject(requeue=False)`, and its images would never be indexed). Here it
         is rejected with requeue instead: put back in the queue, or, with Redis down, left unacknowledged,
-        so Redis hands it out again once it is back."""
+        so Redis hands it out again once it is back. Counted: the error (by kind) and the retry."""
+        exc = kwargs.get("exc")
+        if isinstance(exc, BaseException):
+            metrics.record_error(exc)
         try:
             return super().retry(*args, **kwargs)
+        except Retry:
+            metrics.RETRIES.labels(self.source).inc()
+            raise
         except Reject as rejected:
+            metrics.RETRIES.labels(self.source).inc()
             log.warning("could not queue a retry (%s); the batch stays in the queue", rejected.reason)
             raise Reject(rejected.reason, requeue=True) from None
 
@@ -156,17 +192,23 @@ class BatchTask(Task):
             why = f"internal error: {exc}"
             log.error("batch %s/%s failed: %s", job_id, batch_key, einfo)
         errors = [FileError(i.get("id"), i.get("filename") or i.get("path") or i.get("id", "?"), why) for i in items]
+        metrics.record_images(self.source, "failed", len(errors))
+        if not isinstance(exc, RETRYABLE):  # the retryable ones were counted as they were retried
+            metrics.record_error(exc)
         try:
             context().proxima.jobs.finish_batch(job_id, batch_key, done=0, errors=errors)
         except redis.RedisError:
             log.exception("could not record the failure of batch %s/%s", job_id, batch_key)
 
 
-def _account(job_id: str, batch_key: str, times: StageTimes, result: BatchResult) -> dict[str, int]:
-    """Report a finished batch to its job (counted once, however often the batch is delivered)."""
+def _account(job_id: str, batch_key: str, times: StageTimes, result: BatchResult, source: str) -> dict[str, int]:
+    """Report a finished batch to its job (counted once, however often the batch is delivered) and to the
+    metrics (`source`: upload, folder, reembed)."""
     jobs = context().proxima.jobs
     jobs.add_stage_times(job_id, times.as_dict())
     jobs.finish_batch(job_id, batch_key, done=result.done, errors=result.errors, duplicates=result.duplicates)
+    metrics.record_batch(source, times, ingested=result.done - result.duplicates, duplicates=result.duplicates,
+                         failed=len(result.errors))
     log.info("batch %s/%s: %d done, %d failed; seconds %s", job_id, batch_key, result.done, len(result.errors),
              times.as_dict())
     return {"done": result.done, "failed": len(result.errors)}
@@ -196,7 +238,8 @@ def _write_to_building(ctx: WorkerContext, source: VectorBackend, building: list
             view, embedder = ctx.model(entry)
             reembed_batch(batch_items(result.embedded, entry.slug), images=ctx.proxima.images, target=view,
                           source=source, embedder=embedder, decoder=ctx.decoder)
-        except Exception:  # noqa: BLE001 - the upload itself succeeded; see the docstring
+        except Exception as exc:  # noqa: BLE001 - the upload itself succeeded; see the docstring
+            metrics.record_error(exc)
             log.warning("could not write %d new images to %s (being built); its re-embed will redo them",
                         len(result.embedded), entry.slug, exc_info=True)
 
@@ -211,7 +254,7 @@ def embed_batch_task(job_id: str, batch_key: str, items: list[dict[str, str]]) -
     result = embed_batch(items, images=p.images, backend=backend, embedder=embedder, decoder=ctx.decoder,
                          times=times)
     _write_to_building(ctx, backend, building, result)
-    return _account(job_id, batch_key, times, result)
+    return _account(job_id, batch_key, times, result, "upload")
 
 
 @app.task(name=INGEST_FILES, base=BatchTask)
@@ -224,7 +267,7 @@ def ingest_files_task(job_id: str, batch_key: str, items: list[dict]) -> dict[st
     result = ingest_files(items, images=p.images, backend=backend, embedder=embedder, manifest=p.manifest,
                           decoder=ctx.decoder, times=times)
     _write_to_building(ctx, backend, building, result)
-    return _account(job_id, batch_key, times, result)
+    return _account(job_id, batch_key, times, result, "folder")
 
 
 @app.task(name=REEMBED_BATCH, base=BatchTask)
@@ -237,13 +280,13 @@ def reembed_batch_task(job_id: str, batch_key: str, items: list[dict[str, str]])
         entry = p.catalog.get(items[0]["model"])
     except NotFound as exc:  # retired while its batches were queued
         result = BatchResult(done=0, errors=[FileError(i["id"], i["id"], str(exc)) for i in items])
-        return _account(job_id, batch_key, times, result)
+        return _account(job_id, batch_key, times, result, "reembed")
     view, embedder = ctx.model(entry)
     active = p.catalog.active()
     source = p.catalog.view(active) if active is not None and active.slug != entry.slug else None
     result = reembed_batch(items, images=p.images, target=view, source=source, embedder=embedder,
                            decoder=ctx.decoder, times=times)
-    counts = _account(job_id, batch_key, times, result)
+    counts = _account(job_id, batch_key, times, result, "reembed")
     if entry.activate_when_done:
         _activate_when_complete(job_id, entry.slug)
     return counts

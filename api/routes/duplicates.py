@@ -32,11 +32,12 @@ class Started(BaseModel):
 
 
 @router.post("/admin/duplicates", status_code=202, response_model=Started, dependencies=WriteAccess,
-             responses=errors(400, 413, 422))
+             responses=errors(400, 409, 413, 422))
 def start_duplicates(request: DuplicatesRequest, proxima: ProximaDep) -> Started:
     """Have a worker look for near-duplicates across the whole collection (each image's nearest neighbours
     from the index, pairs at or above `threshold` joined into groups). Follow it at `GET /jobs/{job_id}`;
-    the groups replace the previous run's when it finishes. A run cut short is resumed by posting again."""
+    the groups replace the previous run's when it finishes. A run cut short is resumed by posting again (409
+    while a worker runs one with another threshold or k)."""
     return Started(job_id=proxima.start_duplicates(request.threshold, request.k))
 
 
