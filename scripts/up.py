@@ -107,33 +107,37 @@ def spawn(stack: Supervisor, name: str, argv: list[str], env: dict[str, str], *,
                                              preexec_fn=die_with_parent(parent_death)))
 
 
+def _check(env: dict[str, str], code: str) -> str | None:
+    """Run a check in a fresh interpreter with the stack's settings; its one-line reason when it fails."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONWARNINGS": "ignore"},
+                            capture_output=True, text=True)
+    if result.returncode == 0:
+        return None
+    return result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+
+
 def check_model(env: dict[str, str]) -> None:
     """Load the model once before anything else starts: a model that cannot load stops `make up` here, with
     its one-line reason and the fix, instead of as tracebacks from every process."""
-    code = ("import sys\nfrom shared.config import get_settings\nfrom shared.embedder import load_embedder\n"
-            "from shared.types import ModelLoadError\ntry:\n    load_embedder(get_settings())\n"
-            "except ModelLoadError as exc:\n    sys.exit(str(exc))\n")
     log.info("checking that the model loads (on a CPU the first start also exports it for OpenVINO, once) ...")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONWARNINGS": "ignore"},
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+    reason = _check(env, "import sys\nfrom shared.config import get_settings\n"
+                         "from shared.embedder import load_embedder\nfrom shared.types import ModelLoadError\n"
+                         "try:\n    load_embedder(get_settings())\n"
+                         "except ModelLoadError as exc:\n    sys.exit(str(exc))\n")
+    if reason:
         sys.exit(f"[up] the model cannot be loaded: {reason}")
 
 
 def check_active_model(env: dict[str, str]) -> None:
     """With the database up: the settings' model must be the active one (or MODEL_CHANGE=reembed), else stop
     here with the message saying what to run, instead of an API that restarts until the stack gives up."""
-    code = ("import sys\nfrom shared.config import get_settings\nfrom shared.embedder import identify\n"
-            "from shared.services import Proxima\nfrom shared.types import SchemaMismatch\n"
-            "settings = get_settings()\nproxima = Proxima.from_settings(settings)\ntry:\n"
-            "    proxima.check_identity(identify(settings), tolerate_outage=True)\nexcept SchemaMismatch as exc:\n"
-            "    sys.exit(str(exc))\n"
-            "finally:\n    proxima.close()\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONWARNINGS": "ignore"},
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+    reason = _check(env, "import sys\nfrom shared.config import get_settings\n"
+                         "from shared.embedder import identify\nfrom shared.services import Proxima\n"
+                         "from shared.types import SchemaMismatch\n"
+                         "settings = get_settings()\nproxima = Proxima.from_settings(settings)\ntry:\n"
+                         "    proxima.check_identity(identify(settings), tolerate_outage=True)\n"
+                         "except SchemaMismatch as exc:\n    sys.exit(str(exc))\nfinally:\n    proxima.close()\n")
+    if reason:
         raise devservices.GaveUp(f"the index serves another model: {reason}")
 
 

@@ -118,6 +118,16 @@ class ModelCatalog:
     def building(self) -> list[IndexEntry]:
         return [e for e in self.entries() if e.state == BUILDING]
 
+    def snapshot(self) -> tuple[IndexEntry | None, list[IndexEntry]]:
+        """(the active identity, those being built) from one read of the catalogue."""
+        entries = self.entries()
+        return next((e for e in entries if e.state == ACTIVE), None), [e for e in entries if e.state == BUILDING]
+
+    def writable(self, active: IndexEntry, building: list[IndexEntry]) -> VectorBackend:
+        """`active`'s index, with label changes and deletes mirrored to the `building` ones."""
+        view = self.view(active)
+        return Mirrored(view, [self.view(e) for e in building]) if building else view
+
     def get(self, slug: str, *, fresh: bool = True) -> IndexEntry:
         for entry in self.entries(fresh=fresh):
             if entry.slug == slug:

@@ -26,7 +26,7 @@ import redis
 from shared import pipeline
 from shared.backends import Hit, ImageRecord, VectorBackend, make_backend
 from shared.backfill import BackfillReport, backfill_metadata
-from shared.catalog import ACTIVE, IndexEntry, Mirrored, ModelCatalog, model_change_message
+from shared.catalog import ACTIVE, IndexEntry, ModelCatalog, model_change_message
 from shared.config import Settings
 from shared.duplicates import (
     DEFAULT_NEIGHBOURS,
@@ -118,14 +118,8 @@ class Proxima:
     @property
     def backend(self) -> VectorBackend:
         """The active model's index; label changes and deletes also reach the indexes being built."""
-        return self._index(self.catalog.active())
-
-    def _index(self, active: IndexEntry | None) -> VectorBackend:
-        if active is None:
-            return self.database
-        building = [self.catalog.view(e) for e in self.catalog.building()]
-        view = self.catalog.view(active)
-        return Mirrored(view, building) if building else view
+        active, building = self.catalog.snapshot()
+        return self.catalog.writable(active, building) if active is not None else self.database
 
     @property
     def model(self) -> Encoder:
@@ -157,10 +151,10 @@ class Proxima:
     def serving(self) -> tuple[VectorBackend, Encoder]:
         """The active index (as `backend`) and its model, read together: a switch between two reads could
         pair one model's vectors with the other's index."""
-        active = self.catalog.active()
+        active, building = self.catalog.snapshot()
         if active is None:
             return self.database, self._settings_model()
-        return self._index(active), self.encoder_for(active.model)
+        return self.catalog.writable(active, building), self.encoder_for(active.model)
 
     def check_index(self, *, tolerate_outage: bool = False, start_reembed: bool = False) -> None:
         """Make sure the settings' model is the active one: the first start creates its index (or adopts the

@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import Metric
 
 from shared import metrics
 from shared.backends import VectorBackend
-from shared.catalog import BUILDING, IndexEntry, Mirrored
+from shared.catalog import BUILDING, IndexEntry
 from shared.config import get_settings
 from shared.decode import Decoder, decode_mode
 from shared.embedder import Embedder, load_embedder, load_model
@@ -218,12 +218,11 @@ def _active(ctx: WorkerContext) -> tuple[VectorBackend, Embedder, list[IndexEntr
     """The active index (label changes and deletes mirrored to those being built), its model, and the
     identities being built, read together."""
     catalog = ctx.proxima.catalog
-    active = catalog.active()
+    active, building = catalog.snapshot()
     if active is None:
         return ctx.proxima.database, ctx.embedder, []
-    view, embedder = ctx.model(active)
-    building = catalog.building()
-    return (Mirrored(view, [catalog.view(e) for e in building]) if building else view), embedder, building
+    _, embedder = ctx.model(active)
+    return catalog.writable(active, building), embedder, building
 
 
 def _write_to_building(ctx: WorkerContext, source: VectorBackend, building: list[IndexEntry],
