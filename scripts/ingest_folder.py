@@ -10,7 +10,12 @@ the API; a local state file (`--state`) remembers what was sent.
 
 Either way: images are recognised by content, not by extension; the queue is kept bounded; a progress
 bar shows rate and ETA; the last line on stdout is one JSON object:
-{"job_id", "seen", "queued", "duplicates", "skipped", "failed", "elapsed_s", ...}.
+{"job_id", "state", "seen", "queued", "duplicates", "skipped", "failed", "elapsed_s", ...}.
+
+The job can be paused, resumed and cancelled while this runs (`POST /jobs/{id}/pause`, `/resume`,
+`/cancel`, or the page's Jobs view): paused, the walk waits; cancelled, it stops. After Ctrl-C, what was
+queued is still indexed, and running the same command again indexes the rest (nothing twice).
+Exit status: 0 done, 1 every image failed or the job was cancelled, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.imaging import describe_non_image, sniff  # noqa: E402
 from shared.ingest import FileRef, SqliteManifest, iter_files  # noqa: E402
-from shared.types import ClientCounts, Job, ServiceError, Upload  # noqa: E402
+from shared.jobs import JobCancelled  # noqa: E402
+from shared.types import ClientCounts, Job, JobState, ServiceError, Upload  # noqa: E402
+
+_SHOWN = (JobState.PAUSED, JobState.CANCELLED)  # states the progress bar names
 
 
 class Progress:
@@ -45,7 +53,8 @@ class Progress:
         self.walk.refresh()
         self.index.total = max(job.total, 1)
         self.index.n = job.done + job.failed
-        self.index.set_postfix(failed=job.failed, refresh=False)
+        self.index.set_postfix(failed=job.failed, **({"state": job.state.value} if job.state in _SHOWN else {}),
+                               refresh=False)
         self.index.refresh()
 
     def close(self) -> None:
@@ -77,6 +86,8 @@ def run_local(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                                           collection=args.collection)
             job = wait(lambda: proxima.job(job_id), args, progress, seen=stats.seen)
             interrupted = False
+        except JobCancelled:  # from the API or the page, while the walk was going on
+            job, interrupted = proxima.job(job_id), False
         except KeyboardInterrupt:
             job, interrupted = proxima.job(job_id), True
         return summary(job, queued=stats.queued if stats else job.total - job.duplicates, interrupted=interrupted)
@@ -104,7 +115,7 @@ def run_remote(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
     def upload() -> None:
         nonlocal queued, uploaded, batch_bytes
-        while (api.health().get("queue_depth") or 0) > args.max_queued:
+        while (api.health().get("queue_depth") or 0) > args.max_queued or paused(api.job(job_id)):
             time.sleep(0.5)
         _, accepted = api.accept([Upload(Path(f.path).name, Path(f.path).read_bytes()) for f in batch], job_id,
                                  collection=args.collection)
@@ -144,6 +155,8 @@ def run_remote(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 upload()
         except KeyboardInterrupt:
             interrupted = True
+        except JobCancelled:
+            pass
         # What only this side knows: files walked but not uploaded, skipped, or indexed by an earlier run.
         api.seal_job(job_id, ClientCounts(seen=seen - uploaded,
                                           skipped=sum(reasons.values()), duplicates=dup_local,
@@ -155,6 +168,13 @@ def run_remote(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         manifest.close()
         api.close()
     return summary(job, queued=queued, interrupted=interrupted)
+
+
+def paused(job: Job) -> bool:
+    """Whether to hold back the next upload: the job is paused. JobCancelled once it is cancelled."""
+    if job.state is JobState.CANCELLED:
+        raise JobCancelled(f"job {job.job_id} was cancelled")
+    return job.state is JobState.PAUSED
 
 
 def _host(api: str) -> str:
@@ -213,10 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {count}: {reason}", file=sys.stderr)
     for err in result["errors"]:
         print(f"failed: {err['filename']}: {err['message']}", file=sys.stderr)
+    if result.get("interrupted"):
+        print(f"interrupted: what was queued is still being indexed (job {result['job_id']}). Run the same "
+              "command again to index the rest: files already indexed are skipped.", file=sys.stderr)
+    elif result["state"] == "cancelled":
+        print(f"job {result['job_id']} was cancelled: {result['done']} images indexed, the rest dropped. Run the "
+              "same command again to index the rest.", file=sys.stderr)
     print(json.dumps(result))
     if result.get("interrupted"):
         return 130
-    return 0 if result["state"] != "failed" else 1
+    return 0 if result["state"] not in ("failed", "cancelled") else 1
 
 
 if __name__ == "__main__":

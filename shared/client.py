@@ -1,7 +1,8 @@
 """A small HTTP client of the Proxima API, for the page run on its own (`python -m ui --api URL`),
 `scripts/ingest_folder.py --api` and `scripts/load_test.py`.
 
-It speaks the same calls as `shared.services.Proxima` for jobs (`open_job`, `accept`, `seal_job`, `job`),
+It speaks the same calls as `shared.services.Proxima` for jobs (`open_job`, `accept`, `seal_job`, `job`,
+`list_jobs`, `pause_job`, `resume_job`, `cancel_job`),
 so `shared.services.upload_files` works with either, and turns every failure into a `ServiceError` whose
 kind follows the API's status code (`shared.types.ERRORS`).
 """
@@ -59,6 +60,20 @@ class ApiClient:
 
     def job(self, job_id: str) -> Job:
         return Job.from_dict(self.call("GET", f"/jobs/{job_id}"))
+
+    def list_jobs(self, offset: int = 0, limit: int = 20, kind: str | None = None) -> tuple[int, list[Job]]:
+        params: dict[str, Any] = {"offset": offset, "limit": limit, **({"kind": kind} if kind else {})}
+        body = self.call("GET", "/jobs", params=params)
+        return int(body["total"]), [Job.from_dict(job) for job in body["jobs"]]
+
+    def pause_job(self, job_id: str) -> Job:
+        return Job.from_dict(self.call("POST", f"/jobs/{job_id}/pause"))
+
+    def resume_job(self, job_id: str) -> Job:
+        return Job.from_dict(self.call("POST", f"/jobs/{job_id}/resume"))
+
+    def cancel_job(self, job_id: str) -> Job:
+        return Job.from_dict(self.call("POST", f"/jobs/{job_id}/cancel"))
 
     # --- the rest ----------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import sqlite3
 import stat
 import struct
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from shared.decode import Decoder
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
 from shared.imaging import describe_non_image, sniff
-from shared.jobs import JobStore
+from shared.jobs import JobStore, wait_to_send
 from shared.pipeline import Enqueue, Pending, add_to_collections, embed_pending, indexed_ids
 from shared.types import BatchResult, FileError, PathNotAllowed, StageTimes
 
@@ -256,20 +255,14 @@ def walk_folder(
 
     def send(items: list[dict]) -> None:
         nonlocal batch_no
-        waiting_since = time.monotonic()
-        while queue_depth() >= max_queued:
-            if stop is not None and stop.is_set():
-                raise InterruptedError
-            if time.monotonic() - waiting_since > 10:
-                jobs.touch(job_id)  # still alive, only waiting for the workers
-                waiting_since = time.monotonic()
-            time.sleep(0.05)
+        wait_to_send(jobs, job_id, queue_depth=queue_depth, max_queued=max_queued, stop=stop)
         jobs.add(job_id, counts={"total": len(items)})
         enqueue(job_id, f"w{batch_no}", items)
         batch_no += 1
         stats.queued += len(items)
 
     def flush_pending() -> None:
+        wait_to_send(jobs, job_id, stop=stop)  # paused: the walk waits too; cancelled: it ends
         known = manifest.lookup(pending)
         still_indexed = indexed_ids(backend, [i for i in known if i])
         add_to_collections(backend, sorted(still_indexed), collections)

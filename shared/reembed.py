@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from shared.backends import VectorBackend
 from shared.decode import Decoder
 from shared.embedder import Embedder
 from shared.imagestore import ImageStore
-from shared.jobs import JobStore
+from shared.jobs import JobStore, wait_to_send
 from shared.pipeline import Enqueue, Pending, embed_pending
 from shared.types import BatchResult, FileError, StageTimes
 
@@ -58,14 +57,8 @@ def walk_store(*, images: ImageStore, target: VectorBackend, jobs: JobStore, job
     jobs.add(job_id, counts={"total": planned})
     stats, run = ReembedStats(), uuid.uuid4().hex[:8]
     for n, chunk in enumerate(images.iter_id_batches(batch_size)):
-        while queue_depth() >= max_queued:  # the workers are behind: wait, and say the walk is alive
-            if stop is not None and stop.wait(0.5):
-                raise InterruptedError("re-embed walk stopped")
-            jobs.touch(job_id)
-            if stop is None:
-                time.sleep(0.5)
-        if stop is not None and stop.is_set():
-            raise InterruptedError("re-embed walk stopped")
+        # the workers are behind, or the job is paused: wait (JobCancelled ends the walk)
+        wait_to_send(jobs, job_id, queue_depth=queue_depth, max_queued=max_queued, stop=stop)
         present = set(target.get(chunk))
         todo = [image_id for image_id in chunk if image_id not in present]
         jobs.add(job_id, counts={"seen": len(chunk), "duplicates": len(present), "done": len(present)})

@@ -41,7 +41,7 @@ from shared.duplicates import run as find_duplicate_groups
 from shared.filters import MAX_LABELS, SearchFilter, label, labels
 from shared.imagestore import ImageStore, is_image_id
 from shared.ingest import RedisManifest, WalkStats, resolve_under, walk_folder
-from shared.jobs import JobStore
+from shared.jobs import JobCancelled, JobPaused, JobStore
 from shared.labels import Collection, CollectionRegistry
 from shared.pipeline import FIRST_PAGE, Page
 from shared.queue import EMBED_BATCH, INGEST_FILES, RECONCILE_REPORT_KEY, REEMBED_BATCH, TaskQueue
@@ -58,6 +58,7 @@ from shared.types import (
     Forbidden,
     Job,
     JobClosed,
+    JobState,
     ModelInfo,
     NotFound,
     SchemaMismatch,
@@ -254,6 +255,33 @@ class Proxima:
             raise NotFound(f"no job with id {job_id[:64]!r}")
         return job
 
+    def list_jobs(self, offset: int = 0, limit: int = 20, kind: str | None = None) -> tuple[int, list[Job]]:
+        """(number of jobs, a page of them without their error lists), newest first."""
+        return self.jobs.page(offset, limit, kind)
+
+    def pause_job(self, job_id: str) -> Job:
+        """No new batch of the job starts (running ones finish); its walk waits. Conflict once it is final."""
+        return self.jobs.pause(job_id)
+
+    def resume_job(self, job_id: str) -> Job:
+        """Go on with a paused job: its parked batches are queued again (a duplicates run is restarted from
+        its cursor); its walk, still waiting, goes on by itself."""
+        job, parked = self.jobs.resume(job_id)
+        for batch_key, task, items in parked:
+            self.queue.send_batch(task, job_id, batch_key, items)
+        if job.kind == "duplicates" and not self.duplicates.running(job_id):
+            self.queue.find_duplicates(job_id)
+        return job
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Drop what is left of a job; done work stays. A duplicates run's saved progress is discarded."""
+        job = self.jobs.cancel(job_id)
+        if job.kind == "duplicates" and not self.duplicates.running(job_id):
+            self.duplicates.discard(job_id)  # (a worker on it discards it when it sees the cancel)
+        if job_id in self.walks:
+            self.walks[job_id].set()
+        return job
+
     # --- folder ingest -------------------------------------------------------------------------------
 
     def ingest_folder(self, folder: Path, job_id: str, *, recursive: bool, batch_size: int | None = None,
@@ -288,6 +316,8 @@ class Proxima:
         def run() -> None:
             try:
                 walk()
+            except JobCancelled:
+                log.info("%s %s cancelled; its walk stopped", what, job_id)
             except InterruptedError:
                 log.warning("%s %s stopped before its walk ended; run it again to finish", what, job_id)
             except Exception:
@@ -510,10 +540,12 @@ class Proxima:
             if (state.threshold, state.k) != (threshold, k):
                 if running:
                     raise Conflict(f"a duplicates run with threshold {state.threshold} and k {state.k} is going on "
-                                   f"(job {job_id}): wait for it, then start another")
-                self.duplicates.discard(job_id)
+                                   f"(job {job_id}): wait for it (or cancel it), then start another")
+                self.cancel_job(job_id)  # replaced by the new run
                 continue
-            if not running:  # not while a worker holds it: that would run it twice
+            if job.state is JobState.PAUSED:
+                self.resume_job(job_id)
+            elif not running:  # not while a worker holds it: that would run it twice
                 self.queue.find_duplicates(job_id)
             return job_id
         job_id = self.jobs.create(kind="duplicates", sealed=False, path="duplicates", planned="1")
@@ -525,7 +557,7 @@ class Proxima:
     def find_duplicates(self, job_id: str, *, threads: int = 4) -> list[Group]:
         """Run (or resume) the duplicates job `job_id` here; its groups replace the previous run's. Nothing
         happens (an empty list) while another worker holds the run, or once it has finished."""
-        holder = uuid.uuid4().hex
+        holder, paused = uuid.uuid4().hex, False
         if not self.duplicates.claim(job_id, holder):
             log.info("duplicates run %s is held by another worker", job_id)
             return []
@@ -539,20 +571,36 @@ class Proxima:
                 if not job.finished and info.get("job_id") == job_id:  # its worker died before closing it
                     self._close_duplicates_job(job_id, int(info.get("searched", 0)))
                 return []
-            self.jobs.mark_running(job_id)
 
-            def progress(state: RunState, searched: int) -> None:
-                self.jobs.finish_batch(job_id, f"after-{state.searched}", done=searched, errors=[])
+            def progress(state: RunState | None = None, searched: int = 0) -> None:
+                """After each batch (and before the first): count it, renew the lease, stop when paused or
+                cancelled (the cursor is saved: a resume goes on from it)."""
+                if state is not None:
+                    self.jobs.finish_batch(job_id, f"after-{state.searched}", done=searched, errors=[])
                 self.jobs.touch(job_id)  # alive (a job not touched for a while is shown as interrupted)
                 if not self.duplicates.renew(job_id, holder):
                     raise RunTakenOver(f"duplicates run {job_id} was taken over by another worker")
+                self.jobs.check_going(job_id)
 
-            groups = find_duplicate_groups(self.backend, self.duplicates, state, on_batch=progress,
-                                           threads=threads)
+            try:
+                progress()
+                self.jobs.mark_running(job_id)
+                groups = find_duplicate_groups(self.backend, self.duplicates, state, on_batch=progress,
+                                               threads=threads)
+            except JobCancelled:
+                self.duplicates.discard(job_id)
+                log.info("duplicates run %s cancelled", job_id)
+                return []
+            except JobPaused:
+                log.info("duplicates run %s paused after %d images", job_id, state.searched)
+                paused = True
+                return []
             self._close_duplicates_job(job_id, state.searched)
             return groups
         finally:
             self.duplicates.release(job_id, holder)
+            if paused and self.jobs.control(job_id) is None:  # resumed while this worker held it: go on
+                self.queue.find_duplicates(job_id)
 
     def _close_duplicates_job(self, job_id: str, searched: int) -> None:
         """Seal a duplicates job with total and done = the images searched (a batch may have been recorded by

@@ -333,9 +333,11 @@ class JobState(StrEnum):
     COMPLETED = "completed"
     COMPLETED_WITH_ERRORS = "completed_with_errors"  # some images failed; duplicates count as done
     FAILED = "failed"  # every image failed (nothing done, not even a duplicate)
+    PAUSED = "paused"  # no new batch starts until it is resumed (POST /jobs/{id}/pause, /resume)
+    CANCELLED = "cancelled"  # its remaining batches were dropped; the counters say what was done
 
 
-FINAL_STATES = frozenset({JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED})
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED})
 
 
 def final_state(*, done: int, failed: int) -> JobState:
@@ -347,10 +349,10 @@ def final_state(*, done: int, failed: int) -> JobState:
 
 @dataclass(frozen=True)
 class Job:
-    """One upload or folder ingest, as `GET /jobs/{id}` shows it."""
+    """One job (an upload, a folder ingest, a re-embed, a duplicates run), as `GET /jobs/{id}` shows it."""
 
     job_id: str
-    kind: str  # upload | folder
+    kind: str  # upload | folder | reembed | duplicates
     state: JobState
     total: int = 0
     done: int = 0
@@ -371,6 +373,11 @@ class Job:
     stage_s: dict[str, float] | None = None
 
     @property
+    def remaining(self) -> int:
+        """Images queued and not processed (for a cancelled job: those dropped)."""
+        return max(0, self.total - self.done - self.failed)
+
+    @property
     def finished(self) -> bool:
         """Nothing more will happen: a final state and no walk still adding, or a dead walk whose queued
         images are all processed."""
@@ -387,6 +394,8 @@ class Job:
             out.update(path=self.path, walking=self.walking, skipped_reasons=dict(self.skipped_reasons))
             if self.interrupted:
                 out["interrupted"] = True
+        if self.state is JobState.CANCELLED:
+            out["dropped"] = self.remaining
         out.update(rate_per_s=self.rate_per_s, eta_s=self.eta_s, created_at=self.created_at,
                    started_at=self.started_at, updated_at=self.updated_at)
         if self.stage_s is not None:

@@ -372,6 +372,36 @@ def test_a_start_while_a_run_is_unfinished_resumes_it(client, stack_settings, up
     assert refused.status_code == 422 and client.post("/admin/duplicates", json={"k": 101}).status_code == 422
 
 
+def test_a_paused_run_stops_resumes_from_its_cursor_and_a_cancelled_one_is_dropped(client, stack_settings, uploaded,
+                                                                                    first_run):
+    """Job control of a duplicates run, this test being the worker (as above)."""
+    from shared.services import Proxima
+
+    proxima = Proxima.from_settings(stack_settings)
+    sent: list[str] = []
+    proxima.queue.find_duplicates = sent.append  # type: ignore[method-assign]
+    try:
+        dropped = proxima.start_duplicates(0.5, 3)
+        assert proxima.cancel_job(dropped).state == "cancelled"
+        assert proxima.duplicates.unfinished() == [] and proxima.find_duplicates(dropped) == []  # a late delivery
+        job_id = proxima.start_duplicates(THRESHOLD, 10)
+        assert proxima.pause_job(job_id).state == "paused"
+        assert proxima.find_duplicates(job_id) == []  # a worker taking it while paused leaves it, cursor kept
+        job = proxima.job(job_id)
+        assert (job.state, job.done) == ("paused", 0) and proxima.duplicates.unfinished() == [job_id]
+        assert proxima.start_duplicates(THRESHOLD, 10) == job_id  # starting it again resumes it
+        assert proxima.job(job_id).state == "queued" and sent == [dropped, job_id, job_id]
+        proxima.pause_job(job_id)
+        proxima.resume_job(job_id)
+        assert sent[-1] == job_id and len(sent) == 4
+        groups = proxima.find_duplicates(job_id)
+        assert {frozenset(m.id for m in g.members) for g in groups} >= \
+            {frozenset(uploaded[n] for n in GROUP_A), frozenset(uploaded[n] for n in GROUP_B)}
+        assert proxima.job(job_id).state == "completed"
+    finally:
+        proxima.close()
+
+
 # --- scripts/find_duplicates.py against a real API process ----------------------------------------------------
 
 def script(*args: str) -> subprocess.CompletedProcess:

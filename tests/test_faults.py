@@ -1,6 +1,6 @@
 """Faults injected for real, on real processes: a worker SIGKILLed mid-batch, Redis restarted, the database
-down for 30 s, the API restarted, and a store/index mismatch repaired by reconcile. Every image given to
-the system ends up indexed exactly once.
+down for 30 s, the API restarted, a store/index mismatch repaired by reconcile, and a folder ingest paused,
+its worker restarted, resumed, or cancelled. Every image given to the system ends up indexed exactly once.
 
 The stack here is its own (Redis, PostgreSQL, workers and API are stopped and started by the tests). Like
 `make up` (scripts/supervisor.py) and Compose's restart policy, it replaces a worker that exits on its
@@ -12,6 +12,7 @@ a worker answers a ping, and nothing is left in the queue from the test before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -59,6 +60,8 @@ class FaultStack:
             "REDIS_URL": self.redis_url, "DATABASE_URL": self.pg.url,
             "MODEL_NAME": str(config), "MODEL_PRETRAINED": str(checkpoint), "DEVICE": "cpu", "BATCH_SIZE": "4",
             "DECODE_THREADS": "2", "TASK_VISIBILITY_TIMEOUT_S": "10", "TASK_MAX_RETRIES": "10",
+            # folders the API may ingest; its walk keeps at most 2 batches queued (a pause finds it mid-way)
+            "INGEST_ROOTS": str(directory / "folders"), "INGEST_MAX_QUEUED": "2",
         }
         self.workers: list[Worker] = []
         self.killed: set[int] = set()
@@ -268,3 +271,79 @@ def test_reconcile_on_demand_in_a_worker(stack):
     report = httpx.get(f"{stack.api.url}/admin/reconcile").json()
     assert report["missing_vectors"] == 1 and report["requeued"] == 1
     assert stack.wait_job(report["job_id"])["state"] == "completed"
+
+
+def _folder(stack, name: str, seeds: range, size=(1600, 1200)) -> list[str]:
+    """A folder under INGEST_ROOTS with one JPEG per seed; returns the images' ids (SHA-256 of the bytes)."""
+    folder = stack.dir / "folders" / name
+    folder.mkdir(parents=True)
+    ids = []
+    for seed in seeds:
+        data = jpeg(seed, size)
+        (folder / f"{seed}.jpg").write_bytes(data)
+        ids.append(hashlib.sha256(data).hexdigest())
+    return ids
+
+
+def _control(stack, job_id: str, action: str) -> dict:
+    response = httpx.post(f"{stack.api.url}/jobs/{job_id}/{action}", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _settled(stack) -> bool:
+    """Nothing queued and nothing in a worker's hands."""
+    client = redis.Redis.from_url(stack.redis_url)
+    return client.llen("proxima") == 0 and client.hlen("unacked") == 0
+
+
+def test_a_paused_folder_ingest_survives_a_worker_restart_and_resumes_indexing_each_image_once(stack):
+    ids = _folder(stack, "paused", range(6000, 6096))  # 24 batches of 4; the walk keeps 2 queued
+    response = httpx.post(f"{stack.api.url}/ingest", json={"path": str(stack.dir / "folders" / "paused")})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    wait_for(lambda: stack.job(job_id)["done"] >= 4, 60, "the first batch")
+    job = _control(stack, job_id, "pause")
+    assert job["state"] == "paused" and job["eta_s"] is None
+    wait_for(lambda: _settled(stack), 30, "the batches already running to finish")
+    paused = stack.job(job_id)
+    assert paused["state"] == "paused" and paused["walking"] and paused["done"] < 96
+
+    stack.kill_worker()  # a restart while paused: the new worker must not start the job's batches
+    stack.start_worker()
+    wait_for(lambda: stack.queue.workers_alive(timeout=1), 60, "the new worker")
+    time.sleep(3)
+    still = stack.job(job_id)
+    assert (still["state"], still["done"], still["total"]) == ("paused", paused["done"], paused["total"])
+    assert _control(stack, job_id, "pause")["state"] == "paused"  # again: nothing changes
+
+    assert _control(stack, job_id, "resume")["state"] == "running"
+    job = stack.wait_job(job_id, 180)
+    assert (job["state"], job["done"], job["failed"], job["duplicates"], job["total"]) == ("completed", 96, 0, 0, 96)
+    assert job["stage_s"]["batches"] == 24  # every batch was run exactly once, before or after the pause
+    stack.assert_indexed_once(ids)
+    conflict = httpx.post(f"{stack.api.url}/jobs/{job_id}/resume", timeout=10)
+    assert conflict.status_code == 409 and "completed" in conflict.json()["detail"]
+    listed = httpx.get(f"{stack.api.url}/jobs", params={"kind": "folder", "limit": 1}).json()
+    assert listed["jobs"][0]["job_id"] == job_id and listed["jobs"][0]["state"] == "completed"
+
+
+def test_a_cancelled_folder_ingest_stops_and_keeps_what_it_indexed(stack):
+    ids = _folder(stack, "cancelled", range(6200, 6296))
+    response = httpx.post(f"{stack.api.url}/ingest", json={"path": str(stack.dir / "folders" / "cancelled")})
+    job_id = response.json()["job_id"]
+    wait_for(lambda: stack.job(job_id)["done"] >= 4, 60, "the first batch")
+    job = _control(stack, job_id, "cancel")
+    assert job["state"] == "cancelled"
+    wait_for(lambda: _settled(stack) and not stack.job(job_id)["walking"], 30, "the queue to drain")
+    time.sleep(2)
+    job = stack.job(job_id)
+    indexed = set(stack.backend.get(ids))
+    assert job["state"] == "cancelled" and job["failed"] == 0 and job["done"] == len(indexed) < 96
+    assert job["dropped"] == job["total"] - job["done"]
+    assert httpx.post(f"{stack.api.url}/jobs/{job_id}/pause", timeout=10).status_code == 409
+
+    again = httpx.post(f"{stack.api.url}/ingest", json={"path": str(stack.dir / "folders" / "cancelled")})
+    job = stack.wait_job(again.json()["job_id"], 180)  # the same folder again: the rest, nothing twice
+    assert (job["state"], job["done"], job["duplicates"]) == ("completed", 96, len(indexed))
+    stack.assert_indexed_once(ids)

@@ -14,7 +14,7 @@ from pathlib import Path
 from scripts.devservices import REPO, Api, child_env, wait_for
 from scripts.synthetic import encode, jpeg, photo
 from shared.ingest import FileRef, walk_folder
-from shared.jobs import JobStore
+from shared.jobs import JobCancelled, JobStore
 
 
 def make_folder(root: Path, seed: int) -> dict[str, int]:
@@ -201,6 +201,47 @@ def test_walk_keeps_the_queue_bounded(redis_url, tmp_path):
                         manifest=NoManifest(), enqueue=enqueue, queue_depth=lambda: len(in_queue), max_queued=3)
     assert stats.queued == 40 and high_water <= 3
     assert jobs.get(job_id).total == 40 and not jobs.get(job_id).walking
+
+
+def test_a_walk_waits_while_its_job_is_paused_and_stops_when_it_is_cancelled(redis_url, tmp_path):
+    import redis
+
+    for i in range(30):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes([i]) * 40)
+    jobs = JobStore(redis.Redis.from_url(redis_url))
+    job_id = jobs.create(kind="folder", sealed=False)
+    sent: list[str] = []
+    outcome: list[BaseException | None] = []
+
+    class NoManifest:
+        def lookup(self, files: list[FileRef]):
+            return [None] * len(files)
+
+    def enqueue(job, key, items):
+        sent.append(key)
+        if len(sent) == 2:
+            jobs.pause(job_id)  # from the API, say, as the second batch goes out
+        time.sleep(0.1)  # the queue takes its time: the cancel lands mid-way
+
+    def walk() -> None:
+        try:
+            walk_folder(tmp_path, job_id, recursive=False, batch_size=2, jobs=jobs, backend=None,
+                        manifest=NoManifest(), enqueue=enqueue, queue_depth=lambda: 0, max_queued=4)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=walk, daemon=True)
+    thread.start()
+    time.sleep(1.5)
+    assert len(sent) == 2 and jobs.get(job_id).walking  # paused: nothing more sent, the walk waits
+    jobs.resume(job_id)
+    wait_for(lambda: len(sent) >= 4, 10, "the walk to go on")
+    jobs.cancel(job_id)
+    thread.join(10)
+    assert isinstance(outcome[0], JobCancelled) and len(sent) < 15
+    job = jobs.get(job_id)
+    assert job.state == "cancelled" and not job.walking and job.total == 2 * len(sent)
 
 
 def test_backfill_script_runs_on_the_stack(client, stack_env):

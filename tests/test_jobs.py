@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 import redis
 
-from shared.jobs import MAX_ERRORS_KEPT, JobStore, is_job_id
-from shared.types import FileError
+from shared.jobs import MAX_ERRORS_KEPT, JobCancelled, JobStore, is_job_id, wait_to_send
+from shared.types import Conflict, FileError, NotFound
 
 
 def make_store(redis_url: str) -> JobStore:
@@ -85,3 +89,142 @@ def test_a_batch_sent_and_never_counted_is_reported_lost(redis_url):
     assert [(j, k) for j, k, _, _ in jobs.lost_batches()] == [(job_id, "b1")]
     jobs.finish_batch(job_id, "b1", done=4, errors=[])  # the job is complete: nothing is lost any more
     assert not [j for j, _, _, _ in jobs.lost_batches() if j == job_id]
+
+
+# --- pause, resume, cancel ------------------------------------------------------------------------------
+
+def test_a_paused_job_parks_its_batches_and_resume_hands_them_back_once(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=12)
+    jobs.record_sent(job_id, "b0", "proxima.embed_batch", [{"id": "0" * 64}])
+    jobs.mark_running(job_id)
+    assert jobs.hold(job_id, "b0", "proxima.embed_batch", [{"id": "0" * 64}]) == "run"
+    jobs.finish_batch(job_id, "b0", done=4, errors=[])
+    assert jobs.pause(job_id).state == "paused"
+    assert jobs.pause(job_id).state == "paused"  # again: nothing changes
+    jobs.mark_running(job_id)  # a batch that started before the pause does not make it running again
+    items = [{"id": "1" * 64, "filename": "a.jpg"}]
+    assert jobs.hold(job_id, "b1", "proxima.embed_batch", items) == "parked"
+    assert jobs.hold(job_id, "b1", "proxima.embed_batch", items) == "parked"  # redelivered: parked once
+    assert jobs.hold(job_id, "b0", "proxima.embed_batch", items) == "dropped"  # counted already
+    assert jobs.lost_batches() == []  # parked on purpose: the lost-batch sweep leaves them alone
+    jobs.finish_batch(job_id, "b2", done=4, errors=[])  # a batch that was running when it was paused
+    job = jobs.get(job_id)
+    assert (job.state, job.done, job.eta_s) == ("paused", 8, None)
+    job, parked = jobs.resume(job_id)
+    assert job.state == "running" and parked == [("b1", "proxima.embed_batch", items)]
+    assert jobs.resume(job_id)[1] == []  # handed back once
+    assert jobs.hold(job_id, "b1", "proxima.embed_batch", items) == "run"
+    jobs.finish_batch(job_id, "b1", done=4, errors=[])
+    assert jobs.get(job_id).state == "completed"
+
+
+def test_a_paused_job_whose_last_batch_finishes_completes(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=2)
+    jobs.pause(job_id)
+    assert jobs.get(job_id).state == "paused"
+    jobs.finish_batch(job_id, "b0", done=2, errors=[])  # it was running when the job was paused
+    assert jobs.get(job_id).state == "completed"
+
+
+def test_a_resumed_job_that_never_started_is_queued_again(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=2)
+    jobs.pause(job_id)
+    assert jobs.resume(job_id)[0].state == "queued"
+
+
+def test_cancel_drops_what_is_left_and_keeps_the_counts(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=12)
+    for key in ("b0", "b1", "b2"):
+        jobs.record_sent(job_id, key, "proxima.embed_batch", [])
+    jobs.finish_batch(job_id, "b0", done=3, errors=[FileError(None, "x.jpg", "corrupt")])
+    jobs.pause(job_id)
+    jobs.hold(job_id, "b1", "proxima.embed_batch", [])
+    job = jobs.cancel(job_id)
+    assert (job.state, job.done, job.failed, job.as_dict()["dropped"]) == ("cancelled", 3, 1, 8)
+    assert job.finished
+    assert jobs.hold(job_id, "b2", "proxima.embed_batch", []) == "dropped"
+    assert jobs.lost_batches() == []  # nothing of it is ever sent again
+    jobs.finish_batch(job_id, "b3", done=4, errors=[])  # a batch that was running still counts
+    job = jobs.get(job_id)
+    assert (job.state, job.done) == ("cancelled", 7)
+    for action in (jobs.pause, jobs.cancel, lambda j: jobs.resume(j)):
+        try:
+            action(job_id)
+        except Conflict as exc:
+            assert "cancelled" in str(exc)
+        else:
+            raise AssertionError("a cancelled job accepted a control")
+    done = jobs.create(total=1)
+    jobs.finish_batch(done, "b0", done=1, errors=[])
+    with pytest.raises(Conflict, match="completed"):
+        jobs.cancel(done)
+    with pytest.raises(NotFound):
+        jobs.pause("f" * 32)
+    with pytest.raises(NotFound):
+        jobs.pause("../../x")
+
+
+def test_a_cancelled_open_job_takes_no_more_images(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(kind="folder", sealed=False, path="/photos")
+    assert jobs.get(job_id).walking
+    jobs.cancel(job_id)
+    assert not jobs.get(job_id).walking and jobs.get(job_id).finished
+
+
+def test_the_rate_leaves_out_the_time_spent_paused(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    jobs = make_store(redis_url)
+    job_id = jobs.create(total=100)
+    jobs.mark_running(job_id)
+    client.hset(f"proxima:job:{job_id}", "started_at", time.time() - 20)
+    jobs.pause(job_id)
+    client.hset(f"proxima:job:{job_id}", "paused_at", time.time() - 10)  # paused for the last 10 s
+    jobs.resume(job_id)
+    jobs.finish_batch(job_id, "b0", done=10, errors=[])
+    assert jobs.get(job_id).rate_per_s == pytest.approx(1.0, rel=0.05)  # 10 images in 10 s not paused
+
+
+def test_wait_to_send_waits_while_paused_and_stops_when_cancelled(redis_url):
+    jobs = make_store(redis_url)
+    job_id = jobs.create(kind="folder", sealed=False)
+    wait_to_send(jobs, job_id, queue_depth=lambda: 0, max_queued=1)  # free to go: returns at once
+    jobs.pause(job_id)
+    returned = threading.Event()
+
+    def walk() -> None:
+        wait_to_send(jobs, job_id, queue_depth=lambda: 0, max_queued=1)
+        returned.set()
+
+    threading.Thread(target=walk, daemon=True).start()
+    assert not returned.wait(1.0)
+    jobs.resume(job_id)
+    assert returned.wait(5.0)
+    jobs.cancel(job_id)
+    with pytest.raises(JobCancelled):
+        wait_to_send(jobs, job_id)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(InterruptedError):
+        wait_to_send(jobs, jobs.create(), queue_depth=lambda: 5, max_queued=1, stop=stop)
+
+
+def test_jobs_are_listed_newest_first_by_kind_and_pruned_when_gone(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.delete("proxima:jobs", "proxima:jobs:upload", "proxima:jobs:folder")
+    jobs = make_store(redis_url)
+    made = [jobs.create(kind="upload" if i % 2 else "folder", sealed=True) for i in range(7)]
+    jobs.finish_batch(made[-1], "b0", done=0, errors=[FileError(None, "x.jpg", "corrupt")])
+    total, page = jobs.page(0, 3)
+    assert total == 7 and [j.job_id for j in page] == made[::-1][:3]
+    assert page[0].errors == ()  # a summary: the error list is left out
+    assert [j.job_id for j in jobs.page(6, 3)[1]] == [made[0]]
+    total, folders = jobs.page(0, 10, "folder")
+    assert total == 4 and {j.kind for j in folders} == {"folder"}
+    client.delete(f"proxima:job:{made[-1]}")  # gone (expired)
+    assert made[-1] not in [j.job_id for j in jobs.page(0, 10)[1]]
+    assert jobs.page(0, 10)[0] == 6

@@ -41,6 +41,7 @@ from shared.types import (
     BackendUnavailable,
     BatchResult,
     FileError,
+    JobState,
     ModelLoadError,
     NotFound,
     ProximaError,
@@ -160,7 +161,17 @@ class BatchTask(Task):
         return SOURCES.get(self.name, "other")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """The task, timed: proxima_batch_seconds counts the batches that finished."""
+        """The task, timed (proxima_batch_seconds counts the batches that finished), unless its job is paused
+        (the batch is parked in the job, to be sent again on resume) or cancelled (dropped)."""
+        job_id, batch_key, items = args
+        try:
+            held = context().proxima.jobs.hold(job_id, batch_key, self.name, items)
+        except RETRYABLE:  # Redis or the database is down: the task itself meets it again, and retries
+            held = "run"
+        if held != "run":
+            log.info("batch %s/%s %s: its job is %s", job_id, batch_key, held,
+                     "paused" if held == "parked" else "cancelled or paused")
+            return {"done": 0, "failed": 0, held: len(items)}
         started = time.perf_counter()
         result = super().__call__(*args, **kwargs)
         metrics.BATCH_SECONDS.labels(self.source).observe(time.perf_counter() - started)
@@ -296,7 +307,9 @@ def _activate_when_complete(job_id: str, slug: str) -> None:
     as it started) are queued into the same job first, and the check runs again when they are done."""
     p = context().proxima
     job = p.jobs.get(job_id)
-    if job is None or not job.finished or not p.redis.set(f"proxima:activating:{slug}", 1, nx=True, ex=300):
+    if job is None or not job.finished or job.state is JobState.CANCELLED:
+        return
+    if not p.redis.set(f"proxima:activating:{slug}", 1, nx=True, ex=300):
         return
     try:
         entry = p.catalog.get(slug)

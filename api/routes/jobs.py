@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from annotated_types import Ge, Le
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, BeforeValidator, Field
 
 from api.deps import ProximaDep
@@ -31,6 +31,31 @@ class SealJob(BaseModel):
     skipped_reasons: dict[str, Count] = Field(default_factory=dict, description="skipped files by reason")
 
 
+Kind = Literal["upload", "folder", "reembed", "duplicates"]
+
+
+class JobsPage(BaseModel):
+    jobs: list[dict] = Field(description="newest first; each as `GET /jobs/{job_id}` shows it, without `errors`")
+    total: int
+    offset: int
+    next_offset: int | None
+
+
+@router.get("/jobs", responses=errors(400, 422))
+def list_jobs(proxima: ProximaDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+              limit: Annotated[int, Query(ge=1, le=200)] = 20,
+              kind: Annotated[Kind | None, Query(description="only jobs of this kind")] = None) -> JobsPage:
+    """Recent jobs (kept for 30 days), newest first: kind, state, counts, rate and ETA, a page at a time."""
+    total, jobs = proxima.list_jobs(offset, limit, kind)
+    summaries = []
+    for job in jobs:
+        summary = job.as_dict()
+        del summary["errors"]  # `GET /jobs/{job_id}` has them
+        summaries.append(summary)
+    return JobsPage(jobs=summaries, total=total, offset=offset,
+                    next_offset=offset + limit if offset + limit < total else None)
+
+
 @router.get("/jobs/{job_id}", responses=errors(404))
 def get_job(job_id: str, proxima: ProximaDep) -> dict:
     """Progress of an upload or folder ingest: state, counts, rate, ETA, and one error entry per failed file."""
@@ -51,3 +76,29 @@ def seal_job(job_id: str, proxima: ProximaDep, request: SealJob | None = None) -
     """No more images will be added: the job completes when the queued ones are done."""
     counts = ClientCounts(**request.model_dump()) if request is not None else None
     return proxima.seal_job(job_id, counts).as_dict()
+
+
+CONTROL = errors(404, 409)
+
+
+@router.post("/jobs/{job_id}/pause", responses=CONTROL)
+def pause_job(job_id: str, proxima: ProximaDep) -> dict:
+    """Pause a job: no new batch of it starts (batches already running finish), a folder or re-embed walk
+    stops feeding it, a duplicates run stops after its current batch. State `paused`. Pausing a paused job
+    changes nothing; a finished one is 409."""
+    return proxima.pause_job(job_id).as_dict()
+
+
+@router.post("/jobs/{job_id}/resume", responses=CONTROL)
+def resume_job(job_id: str, proxima: ProximaDep) -> dict:
+    """Go on with a paused job where it stopped: nothing done is done again. A job not paused is left as it
+    is; a finished one is 409."""
+    return proxima.resume_job(job_id).as_dict()
+
+
+@router.post("/jobs/{job_id}/cancel", responses=CONTROL)
+def cancel_job(job_id: str, proxima: ProximaDep) -> dict:
+    """Cancel a job: its remaining batches are dropped (batches already running finish and are counted) and
+    its walk stops. State `cancelled`, with `done`, `failed` and `dropped` counts; what was indexed stays.
+    A finished job is 409."""
+    return proxima.cancel_job(job_id).as_dict()
