@@ -35,9 +35,9 @@ from shared.duplicates import DEFAULT_THRESHOLD
 from shared.embedder import identify, settings_for
 from shared.imagestore import image_id_of
 from shared.services import Proxima
-from shared.types import ModelInfo
+from shared.types import Job, JobState, ModelInfo
 from tests.conftest import _settings, _stack_env
-from ui.app import _status
+from ui.app import _jobs_table, _progress, _status
 from ui.service import LocalService, Query, RemoteService, ServiceError
 from ui.text import TEXTS, language
 
@@ -242,6 +242,8 @@ def test_upload_tab_follows_the_job_and_lists_errors(browser, api, tmp_path):
     assert page.locator("#px-job-progress progress").get_attribute("value") == "2"
     errors = page.locator("#px-job-errors").inner_text()
     assert "letter.jpg" in errors and "plain text" in errors
+    for button in ("pause", "resume", "cancel"):  # shown with the job, of no use once it is finished
+        page.wait_for_selector(f"#px-job-{button}:disabled")
     page.close()
 
 
@@ -257,6 +259,83 @@ def test_folder_ingest_from_the_page(browser, api, roots):
     done = page.wait_for_selector("#px-job-progress .px-progress[data-state=completed]")
     assert done.get_attribute("data-done") == "3"
     assert "1 skipped" in done.inner_text()
+    page.wait_for_selector("#px-job-pause:disabled")
+    page.close()
+
+
+def open_job(api_url: str, label: str) -> str:
+    """An open job (`POST /jobs`): nothing happens to it until images are added or it is sealed."""
+    return httpx.post(f"{api_url}/jobs", json={"label": label}, timeout=30).json()["job_id"]
+
+
+def job_row(page, job_id: str, state: str | None = None):
+    """The jobs tab's row of a job (in `state`, waited for: the table is redrawn after each click)."""
+    return page.wait_for_selector(f'#px-jobs tr[data-job="{job_id}"]' + (f"[data-state={state}]" if state else ""))
+
+
+def pick(page, job_id: str) -> None:
+    """Click a job's row: its id goes into the job field."""
+    job_row(page, job_id).click()
+    field = "#px-jobs-pick input, #px-jobs-pick textarea"
+    page.wait_for_function(f"document.querySelector('{field}').value === '{job_id}'")
+
+
+@pytest.mark.parametrize(("where", "seed"), [("mounted", SEED + 600), ("standalone", SEED + 610)])
+def test_jobs_tab_lists_pauses_resumes_and_cancels_jobs(browser, api, request, where, seed):
+    url = f"{api.url}/ui/" if where == "mounted" else request.getfixturevalue("standalone")
+    total = httpx.get(f"{api.url}/jobs", params={"limit": 1}).json()["total"]
+    for n in range(max(0, 21 - total)):  # more than a page of jobs: empty ones, sealed (completed) at once
+        httpx.post(f"{api.url}/jobs/{open_job(api.url, f'filler-{n}')}/seal", timeout=30)
+    first, second = open_job(api.url, f"first-{where}"), open_job(api.url, f"second-{where}")  # the newest two
+
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Jobs").click()
+    line = page.wait_for_selector('.px-jobs-page[data-offset="0"]')
+    assert line.inner_text().startswith("Jobs 1–20 of ") and int(line.get_attribute("data-total")) >= 23
+    row = job_row(page, first, "queued")
+    assert "folder" in row.inner_text() and f"first-{where}" in row.inner_text()
+    head = page.locator("#px-jobs thead").inner_text()
+    assert all(word in head for word in ("Kind", "State", "Done / total", "Rate", "Time left", "Started"))
+    page.locator("#px-jobs-next").click()  # the older jobs, then back
+    page.wait_for_selector('.px-jobs-page[data-offset="20"]')
+    assert page.locator(f'#px-jobs tr[data-job="{first}"]').count() == 0
+    page.locator("#px-jobs-prev").click()
+    page.wait_for_selector('.px-jobs-page[data-offset="0"]')
+
+    pick(page, first)
+    page.locator("#px-jobs-pause").click()
+    row = job_row(page, first, "paused")
+    cells = row.query_selector_all("td")
+    assert cells[1].inner_text() == "paused" and cells[5].inner_text() == "—"  # a paused job has no time left
+    assert "is paused" in page.locator("#px-jobs-message").inner_text()
+    assert httpx.get(f"{api.url}/jobs/{first}").json()["state"] == "paused"
+    page.locator("#px-jobs-resume").click()
+    job_row(page, first, "queued")  # as it was: nothing added to it yet
+    assert "goes on: queued" in page.locator("#px-jobs-message").inner_text()
+
+    pick(page, second)
+    page.locator("#px-jobs-pause").click()
+    job_row(page, second, "paused")
+    files = [("files", (f"held-{n}.jpg", jpeg(seed + n))) for n in range(3)]  # parked by the worker: paused
+    httpx.post(f"{api.url}/images", data={"job_id": second}, files=files, timeout=30).raise_for_status()
+    page.locator("#px-jobs-refresh").click()
+    page.wait_for_selector(f'#px-jobs tr[data-job="{second}"][data-state=paused][data-total="3"]')
+    page.locator("#px-jobs-cancel").click()
+    row = job_row(page, second, "cancelled")
+    assert (row.get_attribute("data-done"), row.get_attribute("data-dropped")) == ("0", "3")
+    assert "cancelled · 3 dropped" in row.inner_text()
+    assert "0 done, 0 failed, 3 dropped" in page.locator("#px-jobs-message").inner_text()
+    assert httpx.get(f"{api.url}/jobs/{second}").json()["dropped"] == 3
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"ui-jobs-{where}.png"), full_page=True)
+
+    page.locator("#px-jobs-pause").click()  # a cancelled job is final
+    refused = page.wait_for_selector("#px-jobs-message .px-error").inner_text()
+    assert f"job {second} is cancelled: it cannot be paused any more" in refused and "Traceback" not in refused
+    page.locator("#px-jobs-pick input, #px-jobs-pick textarea").first.fill("no-such-job")
+    page.locator("#px-jobs-cancel").click()
+    page.wait_for_function("document.querySelector('#px-jobs-message').innerText.includes('Not found')")
+    httpx.post(f"{api.url}/jobs/{first}/seal", timeout=30)  # completes: nothing was added to it
     page.close()
 
 
@@ -337,6 +416,16 @@ def test_status_tab_follows_a_reembed_refuses_it_incomplete_and_activates_it(bro
             RemoteService(server.url).activate(entry.slug)
         assert exc.value.kind == "bad_input" and "not complete" in exc.value.detail and "409" in exc.value.detail
 
+        assert entry.slug in page.locator("#px-reembed-label").inner_text()  # its buttons, under the table
+        page.locator("#px-reembed-pause").click()
+        paused = page.wait_for_selector(f'#px-models tr[data-slug="{entry.slug}"] .px-progress[data-state=paused]')
+        assert "Paused: no new batch starts" in paused.inner_text() and "left" not in paused.inner_text()
+        assert f"Job {job_id} is paused" in page.locator("#px-reembed-message").inner_text()
+        page.wait_for_selector("#px-reembed-resume:enabled")
+        assert page.locator("#px-reembed-pause").is_disabled()
+        page.locator("#px-reembed-resume").click()
+        page.wait_for_selector(f'#px-models tr[data-slug="{entry.slug}"] .px-progress[data-state=queued]')
+
         proxima.reembed_walk(entry, job_id)  # the 4 stored images go to the worker; the job is sealed
         # nobody clicks: the tab refreshes itself while the re-embed runs
         done = page.wait_for_selector(f'#px-models tr[data-slug="{entry.slug}"] .px-progress[data-state=completed]',
@@ -408,6 +497,25 @@ def test_remote_service_maps_api_errors(api):
     with pytest.raises(ServiceError) as exc:
         remote.activate("no_such_model_00000000")
     assert exc.value.kind == "not_found" and "no model index" in exc.value.detail
+    total, jobs = remote.jobs(0, 5)
+    assert total >= len(jobs) >= 1
+    assert [j.created_at for j in jobs] == sorted((j.created_at for j in jobs), reverse=True)  # the newest first
+    done = next(j for j in remote.jobs(0, 200)[1] if j.state is JobState.COMPLETED)
+    with pytest.raises(ServiceError) as exc:
+        remote.pause(done.job_id)
+    assert exc.value.kind == "bad_input" and "is completed: it cannot be paused any more" in exc.value.detail
+    for call in (remote.pause, remote.resume, remote.cancel):
+        with pytest.raises(ServiceError) as exc:
+            call("0" * 32)
+        assert exc.value.kind == "not_found"
+    with pytest.raises(ServiceError) as exc:  # a typed id stays one path segment: no other route is reached
+        remote.cancel("../../admin/duplicates")
+    assert exc.value.kind == "not_found"
+    job_id = open_job(api.url, "remote controls")
+    assert remote.pause(job_id).state is JobState.PAUSED
+    assert remote.resume(job_id).state is JobState.QUEUED
+    cancelled = remote.cancel(job_id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.finished and cancelled.remaining == 0
 
 
 def test_local_service_calls_the_api_services(client):
@@ -443,6 +551,18 @@ def test_local_service_calls_the_api_services(client):
     assert exc.value.kind == "not_found" and "no duplicate group" in exc.value.detail
     total, groups = local.duplicates(0, 5)
     assert total >= len(groups) and all(g.members[0].keeper and g.members[0].id == g.id for g in groups)
+    job_id = client.post("/jobs", json={"label": "local controls"}).json()["job_id"]
+    total, jobs = local.jobs(0, 5)
+    assert jobs[0].job_id == job_id and total >= 1 and jobs[0].errors == ()
+    assert local.pause(job_id).state is JobState.PAUSED
+    assert local.resume(job_id).state is JobState.QUEUED
+    assert local.cancel(job_id).state is JobState.CANCELLED
+    with pytest.raises(ServiceError) as exc:
+        local.resume(job_id)
+    assert exc.value.kind == "bad_input" and "cancelled: it cannot be resumed any more" in exc.value.detail
+    with pytest.raises(ServiceError) as exc:
+        local.pause("0" * 32)
+    assert exc.value.kind == "not_found"
 
 
 @pytest.mark.parametrize(("header", "lang"), [
@@ -455,6 +575,36 @@ def test_language_from_accept_language(header, lang):
 
 def test_both_languages_have_every_text():
     assert TEXTS["en"].keys() == TEXTS["es"].keys()
+
+
+def test_progress_of_a_paused_and_a_cancelled_job():
+    paused = Job("a" * 32, "folder", JobState.PAUSED, total=10, done=4, rate_per_s=2.0, path="/photos", walking=True)
+    shown = _progress("en", paused)
+    assert 'data-state="paused"' in shown and "4 indexed, 0 failed of 10" in shown
+    assert "Paused: no new batch starts until it is resumed" in shown
+    assert "left" not in shown and "still walking" not in shown  # it waits: no time left, no walk going on
+    assert "En pausa: no empieza" in _progress("es", paused)
+    cancelled = Job("b" * 32, "upload", JobState.CANCELLED, total=10, done=3, failed=1)
+    shown = _progress("en", cancelled)
+    assert 'data-state="cancelled"' in shown and 'data-dropped="6"' in shown
+    assert "cancelled. 3 indexed, 1 failed of 10" in shown and "6 not processed (dropped)" in shown
+    run = Job("c" * 32, "duplicates", JobState.CANCELLED, total=50, done=20)
+    assert "30 images not searched" in _progress("en", run)
+
+
+def test_jobs_table_rows():
+    jobs = [Job("a" * 32, "folder", JobState.RUNNING, total=10, done=4, failed=1, rate_per_s=2.5, eta_s=150,
+                path="/photos/2024", walking=True, created_at=1_719_748_800.0, started_at=1_719_748_805.0),
+            Job("b" * 32, "reembed", JobState.PAUSED, total=8, done=2, rate_per_s=1.0, path="open_clip: ViT"),
+            Job("c" * 32, "duplicates", JobState.CANCELLED, total=50, done=20)]
+    shown = _jobs_table("en", 20, 23, jobs, picked="b" * 32)
+    assert 'data-offset="20" data-total="23">Jobs 21–23 of 23<' in shown
+    running, paused, cancelled = shown.split("<tr ")[1:]
+    assert ">folder<" in running and ">4 / 10…<" in running and ">2.5<" in running and ">2 min 30 s<" in running
+    assert "2024-06-30 12:00:05" in running and "/photos/2024" in running
+    assert 'aria-selected="true"' in paused and ">paused<" in paused and ">—<" in paused and "not yet" in paused
+    assert 'data-dropped="30"' in cancelled and "cancelled · 30 dropped" in cancelled
+    assert "reindexado" in _jobs_table("es", 0, 3, jobs) and "No jobs yet" in _jobs_table("en", 0, 0, [])
 
 
 def test_random_weights_warning_is_on_the_status():
@@ -514,6 +664,7 @@ def test_duplicates_tab_finds_groups_deletes_the_rest_and_keeps_all(browser, api
     done = page.wait_for_selector("#px-dup-progress .px-progress[data-state=completed]", timeout=90_000)
     assert "images searched" in done.inner_text()
     assert int(done.get_attribute("data-done")) == int(done.get_attribute("data-total")) >= 5
+    page.wait_for_selector("#px-dup-cancel:disabled")  # the run's buttons, of no use once it is finished
     listing = httpx.get(f"{api.url}/duplicates", params={"limit": 200}).json()
     assert listing["run"]["threshold"] == float(DUPLICATE_THRESHOLD)
     order = {g["id"]: n for n, g in enumerate(listing["groups"])}

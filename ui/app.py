@@ -1,6 +1,8 @@
 """The Gradio page: search (image, webcam, text, more like this), add images, near-duplicates (find them,
-then delete the rest of a group or keep all), and status (with the model identities, a re-embed's progress
-and the switch to another model).
+then delete the rest of a group or keep all), jobs (recent ones, paged; pause, resume or cancel one) and
+status (with the model identities, a re-embed's progress and the switch to another model). Wherever the
+page follows a job (an upload or folder ingest, a duplicates run, a re-embed) it offers Pause, Resume and
+Cancel for it.
 
 `build_ui(service)` works with any ProximaService: in the API process it gets a LocalService (same
 service functions as the routes, no HTTP round trip); `python -m ui --api URL` gives it a RemoteService.
@@ -15,6 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +25,7 @@ import gradio as gr
 
 from shared.duplicates import DEFAULT_THRESHOLD
 from shared.pipeline import MAX_QUERY_CHARS
-from shared.types import Job
+from shared.types import Job, JobState
 from ui.service import DuplicateGroup, Found, ProximaService, Query, Result, ServiceError
 from ui.text import i18n, language, t
 
@@ -33,6 +36,8 @@ POLL_S = 0.5
 MODELS_POLL_S = 2.0  # the status tab refreshes itself this often while a re-embed is running
 ERRORS_SHOWN = 200
 GROUPS_PER_PAGE = 10  # groups of near-duplicates on one page of the duplicates tab
+JOBS_PER_PAGE = 20  # jobs on one page of the jobs tab
+PAUSED_POLL_S = 1.0  # following a paused job: nothing moves until someone resumes it
 CSS = """
 #px-title, #px-title * { font-size: 1.5rem !important; font-weight: 600; }
 .px-progress progress { width: 100%; height: 1.4em; }
@@ -50,7 +55,29 @@ CSS = """
 .px-dup-copy figcaption { font-size: 0.85em; line-height: 1.4; overflow-wrap: anywhere; margin-top: 0.3em; }
 .px-dup-keeper { border-color: var(--color-accent, #f97316); }
 .px-dup-keeper .px-dup-mark { color: var(--color-accent, #f97316); }
+.px-jobs { border-collapse: collapse; width: 100%; }
+.px-jobs th, .px-jobs td { padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+.px-jobs td.px-num { text-align: right; white-space: nowrap; }
+.px-jobs tbody tr { cursor: pointer; }
+.px-jobs tbody tr:hover, .px-jobs tbody tr:focus { background: var(--background-fill-secondary); }
+.px-jobs tbody tr[aria-selected=true] { outline: 2px solid var(--color-accent, #f97316); }
+.px-jobs td.px-job-path { overflow-wrap: anywhere; }
 """
+# The jobs table: a click on a row (or Enter on it) marks it and sends its job id to the server (`pick_job`).
+PICK_ROW = """
+const pick = (row) => {
+  element.querySelectorAll('tr[aria-selected]').forEach((r) => r.removeAttribute('aria-selected'));
+  row.setAttribute('aria-selected', 'true');
+  trigger('click', {job: row.dataset.job});
+};
+element.addEventListener('click', (e) => { const row = e.target.closest('tr[data-job]'); if (row) pick(row); });
+element.addEventListener('keydown', (e) => {
+  const row = e.target.closest('tr[data-job]');
+  if (row && (e.key === 'Enter' || e.key === ' ')) { e.preventDefault(); pick(row); }
+});
+"""
+Action = Literal["pause", "resume", "cancel"]
+ACTIONS: tuple[Action, ...] = ("pause", "resume", "cancel")  # in the order of the buttons
 
 FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "BMP", "AVIF"]
 Gallery = list[tuple[str, str]]
@@ -93,6 +120,10 @@ class DuplicatesShown:
 
 # the groups shown, a line when there are none (or they cannot be read), the "Previous" and "Next" buttons
 GroupsShown = tuple[DuplicatesShown | None, str, dict[str, Any], dict[str, Any]]
+# a followed job: its progress, its errors, its id (None: none started) and its Pause, Resume, Cancel buttons
+Followed = tuple[str, str, str | None, dict[str, Any], dict[str, Any], dict[str, Any]]
+# the jobs tab: the table (with its page line), its offset, the "Newer" and "Older" buttons, its timer
+JobsShown = tuple[str, int, dict[str, Any], dict[str, Any], Any]
 
 
 def _lang(request: gr.Request | None) -> str:
@@ -234,51 +265,86 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             return gr.update(), gr.update()
         return gr.update(choices=names), gr.update(choices=names)
 
-    def follow(lang: str, start: Callable[[], str]) -> Iterator[tuple[str, str]]:
+    def follow(lang: str, start: Callable[[], str]) -> Iterator[Followed]:
+        """Start a job and show its progress until it is finished. A paused job is not: it is followed (more
+        slowly) until someone resumes or cancels it, here or elsewhere; the buttons follow its state."""
         try:
             job_id = start()
         except Exception as exc:
-            yield _error(lang, exc), ""
+            yield _error(lang, exc), "", None, *_controls(None)
             return
+        paused = False
         while True:
             try:
                 job = service.job(job_id)
-            except ServiceError as exc:
-                yield _error(lang, exc), ""  # e.g. Redis restarting: keep following
+            except ServiceError as exc:  # e.g. Redis restarting: keep following, the buttons as they are
+                yield _error(lang, exc), "", job_id, gr.update(), gr.update(), gr.update()
             else:
-                yield _progress(lang, job), _errors(lang, job)
-                if job.finished:  # done, or its walk died before the end and what was queued is done
+                yield _progress(lang, job), _errors(lang, job), job_id, *_controls(job)
+                if job.finished:  # done or cancelled, or its walk died before the end and what was queued is done
                     return
-            time.sleep(POLL_S)
+                paused = job.state is JobState.PAUSED
+            time.sleep(PAUSED_POLL_S if paused else POLL_S)
 
-    def upload(paths: list[str] | None, collection: str | None, request: gr.Request) -> Iterator[tuple[str, str]]:
+    def following(lang: str, start: Callable[[], str]) -> Iterator[tuple[Any, ...]]:
+        """`follow` for the add-images tab: the line under its buttons (a pause's, a refusal's) goes once."""
+        note: Any = ""
+        for followed in follow(lang, start):
+            yield *followed, note
+            note = gr.update()  # from now on it says what the buttons did
+
+    def upload(paths: list[str] | None, collection: str | None, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         lang = _lang(request)
         if not paths:
-            yield _note(t(lang, "no_files")), ""
+            yield _note(t(lang, "no_files")), "", None, *_controls(None), ""
             return
         name = (collection or "").strip() or None
-        yield from follow(lang, lambda: service.upload([Path(p) for p in paths], name))
+        yield from following(lang, lambda: service.upload([Path(p) for p in paths], name))
 
-    def ingest(path: str, recursive: bool, collection: str | None, request: gr.Request) -> Iterator[tuple[str, str]]:
+    def ingest(path: str, recursive: bool, collection: str | None, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         lang = _lang(request)
         if not (path or "").strip():
-            yield _note(t(lang, "no_folder")), ""
+            yield _note(t(lang, "no_folder")), "", None, *_controls(None), ""
             return
         name = (collection or "").strip() or None
-        yield from follow(lang, lambda: service.ingest_folder(path.strip(), recursive, name))
+        yield from following(lang, lambda: service.ingest_folder(path.strip(), recursive, name))
+
+    def apply(action: Action, job_id: str) -> Job:
+        """Pause, resume or cancel a job (writes: behind the API key like `activate`, see there)."""
+        if action == "pause":
+            return service.pause(job_id)
+        return service.resume(job_id) if action == "resume" else service.cancel(job_id)
+
+    def controlling(action: Action) -> Callable[..., tuple[Any, ...]]:
+        """The click on a followed job's Pause, Resume or Cancel button: what became of the job (or why it
+        was refused, e.g. it is finished meanwhile) and the buttons as its state allows."""
+
+        def control(job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+            lang = _lang(request)
+            if not job_id:
+                return _note(t(lang, "no_job_followed")), *_controls(None)
+            try:
+                job = apply(action, job_id)
+            except Exception as exc:
+                return _error(lang, exc), gr.update(), gr.update(), gr.update()
+            return _note(_controlled(lang, action, job)), *_controls(job)
+
+        return control
 
     def status(chosen: str | None, request: gr.Request) -> tuple[Any, ...]:
         """The status tab (health, the model identities, the activate picker) and what depends on the model."""
         lang = _lang(request)
+        keep = gr.update()
         try:
             health = service.status()
         except Exception as exc:  # the text box stays as it is
-            return (gr.update(visible=False), _error(lang, exc), gr.update(), gr.update(), gr.update(), gr.update(),
-                    gr.update(), gr.update())
+            return (gr.update(visible=False), _error(lang, exc), keep, keep, keep, keep, keep, keep, keep, keep, keep,
+                    keep, keep)
         model = health.get("model") or {}
         text_on = bool((health.get("capabilities") or {}).get("text_search", True))
         why = "" if text_on else t(lang, "text_search_off", model=f"{model.get('name')}/{model.get('pretrained')}",
                                    extractor=model.get("extractor", "?"))
+        reembed: tuple[Any, ...] = (keep, keep, keep, keep, keep)  # its job id, its line, its three buttons
         try:  # /health carries the same list (one call instead of two); an API without it is asked directly
             models = list(health["models"]) if "models" in health else service.models()
         except Exception as exc:
@@ -286,14 +352,21 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         else:
             slugs = [(f"{m.get('slug')} · {_state_text(lang, m)}", str(m.get("slug")))
                      for m in models if m.get("state") != "active"]
-            keep = chosen if chosen in {slug for _, slug in slugs} else None
-            table, picker = _models(lang, models), gr.update(choices=slugs, value=keep)
-            jobs = [_job(m) for m in models if m.get("state") == "building"]
-            running = any(job is not None and not job.finished for job in jobs)
+            kept = chosen if chosen in {slug for _, slug in slugs} else None
+            table, picker = _models(lang, models), gr.update(choices=slugs, value=kept)
+            jobs = [(m, job) for m in models if m.get("state") == "building" and (job := _job(m)) is not None]
+            running = any(not job.finished for _, job in jobs)  # a paused one too: it may be resumed elsewhere
+            # the buttons act on the re-embed going on (the latest one when none is)
+            shown = next(((m, job) for m, job in jobs if not job.finished), jobs[-1] if jobs else None)
+            if shown is None:
+                reembed = (None, gr.update(visible=False), *_controls(None))
+            else:
+                line = t(lang, "reembed_controls", slug=f"`{shown[0].get('slug')}`")
+                reembed = (shown[1].job_id, gr.update(value=line, visible=True), *_controls(shown[1]))
         return (gr.update(value=t(lang, "random_warning"), visible=bool(model.get("random"))),
                 _status(lang, health, _flower_link(service.flower_url, request)),
                 gr.update(visible=text_on), gr.update(visible=text_on), gr.update(value=why, visible=not text_on),
-                table, picker, gr.Timer(active=running))
+                table, picker, gr.Timer(active=running), *reembed)
 
     def activate(slug: str | None, request: gr.Request) -> str:
         """Switch searches to another model's index. A write: with API_KEY set, the page mounted in the API asks
@@ -335,12 +408,14 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         """Start a run over the whole collection (a worker's job), follow it like an ingest, then show the
         groups from the first page. A write: behind the API key like `activate` (see there)."""
         lang = _lang(request)
-        off = gr.update(interactive=False)
-        yield "", "", None, "", off, off  # the groups shown go: the run replaces them
+        off, keep = gr.update(interactive=False), gr.update()
+        yield "", "", None, "", off, off, None, *_controls(None), ""  # the groups shown go: the run replaces them
         shown = ""
-        for shown, _ in follow(lang, lambda: service.find_duplicates(threshold)):
-            yield shown, "", None, "", off, off
-        yield shown, "", *groups_page(lang, 0)
+        note: Any = ""
+        for shown, _, job_id, *buttons in follow(lang, lambda: service.find_duplicates(threshold)):
+            yield shown, "", None, "", off, off, job_id, *buttons, note
+            note = keep  # from now on it says what the buttons did
+        yield shown, "", *groups_page(lang, 0), keep, keep, keep, keep, keep
 
     def resolving(group: DuplicateGroup, delete: bool) -> Callable[..., tuple[Any, ...]]:
         """The click on one group's "Delete the rest" (`delete`) or "Keep all" button: every member but the
@@ -363,6 +438,54 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             return note, *groups_page(lang, shown.offset if shown else 0)
 
         return act
+
+    def jobs_page(lang: str, offset: int, picked: str | None) -> JobsShown:
+        """A page of the recent jobs from `offset` (the last page when fewer are left now), `picked` marked.
+        The tab refreshes itself while one of them is not finished."""
+        try:
+            total, jobs = service.jobs(offset, JOBS_PER_PAGE)
+            if not jobs and offset > 0 and total > 0:
+                offset = (total - 1) // JOBS_PER_PAGE * JOBS_PER_PAGE
+                total, jobs = service.jobs(offset, JOBS_PER_PAGE)
+        except Exception as exc:  # e.g. Redis restarting: the timer, if on, tries again
+            return _error(lang, exc), offset, gr.update(), gr.update(), gr.update()
+        return (_jobs_table(lang, offset, total, jobs, (picked or "").strip()), offset,
+                gr.update(interactive=offset > 0), gr.update(interactive=offset + len(jobs) < total),
+                gr.Timer(active=any(not job.finished for job in jobs)))
+
+    def show_jobs(offset: int | None, picked: str | None, request: gr.Request) -> JobsShown:
+        return jobs_page(_lang(request), offset or 0, picked)
+
+    def newer_jobs(offset: int | None, picked: str | None, request: gr.Request) -> JobsShown:
+        return jobs_page(_lang(request), max(0, (offset or 0) - JOBS_PER_PAGE), picked)
+
+    def older_jobs(offset: int | None, picked: str | None, request: gr.Request) -> JobsShown:
+        return jobs_page(_lang(request), (offset or 0) + JOBS_PER_PAGE, picked)
+
+    def pick_job(evt: gr.EventData) -> Any:
+        """A click on a row of the jobs table (`PICK_ROW`): its job goes into the job field."""
+        try:
+            job_id = evt.job
+        except (AttributeError, TypeError):  # a click elsewhere
+            return gr.update()
+        return job_id if isinstance(job_id, str) and job_id else gr.update()
+
+    def acting(action: Action) -> Callable[..., tuple[Any, ...]]:
+        """The jobs tab's Pause, Resume or Cancel button, on the job in the job field; then the page again."""
+
+        def control(picked: str | None, offset: int | None, request: gr.Request) -> tuple[Any, ...]:
+            lang = _lang(request)
+            job_id = (picked or "").strip()
+            if not job_id:
+                note = _note(t(lang, "no_job_picked"))
+            else:
+                try:
+                    note = _note(_controlled(lang, action, apply(action, job_id)))
+                except Exception as exc:  # e.g. it is finished: "job … is completed: it cannot be paused any more"
+                    note = _error(lang, exc)
+            return note, *jobs_page(lang, offset or 0, job_id)
+
+        return control
 
     with gr.Blocks(title="Proxima", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(i18n("title"), elem_id="px-title")
@@ -414,7 +537,11 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                     recursive = gr.Checkbox(True, label=i18n("recursive"))
                     folder_btn = gr.Button(i18n("folder_btn"), elem_id="px-ingest-folder")
             progress = gr.HTML(elem_id="px-job-progress")
+            # Pausing, resuming and cancelling are writes: behind the API key like activating a model.
+            job_buttons = control_buttons("px-job")
+            job_note = gr.HTML(elem_id="px-job-control")
             errors = gr.HTML(elem_id="px-job-errors")
+            followed = gr.State(None)  # the id of the job shown
         with gr.Tab(i18n("tab_duplicates"), id="duplicates") as duplicates_tab:
             # Finding and resolving are writes: behind the API key like activating a model (see `activate`).
             with gr.Row(equal_height=True):
@@ -422,6 +549,9 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                                       step=0.01, scale=3, elem_id="px-dup-threshold")
                 find_btn = gr.Button(i18n("dup_find_btn"), variant="primary", scale=1, elem_id="px-find-duplicates")
             dup_progress = gr.HTML(elem_id="px-dup-progress")
+            dup_buttons = control_buttons("px-dup")
+            dup_control = gr.HTML(elem_id="px-dup-control")
+            dup_followed = gr.State(None)  # the id of the run shown
             gr.Markdown(i18n("dup_keep_rule"), elem_id="px-dup-rule")
             dup_note = gr.HTML(elem_id="px-dup-message")
             dup_line = gr.HTML(elem_id="px-dup-page")
@@ -452,10 +582,34 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             with gr.Row():
                 dup_prev = gr.Button(i18n("dup_prev"), interactive=False, elem_id="px-dup-prev")
                 dup_next = gr.Button(i18n("dup_next"), interactive=False, elem_id="px-dup-next")
+        with gr.Tab(i18n("tab_jobs"), id="jobs") as jobs_tab:
+            gr.Markdown(i18n("jobs_intro"), elem_id="px-jobs-intro")
+            jobs_html = gr.HTML(elem_id="px-jobs", js_on_load=PICK_ROW)
+            with gr.Row():
+                jobs_prev = gr.Button(i18n("jobs_prev"), interactive=False, elem_id="px-jobs-prev")
+                jobs_next = gr.Button(i18n("jobs_next"), interactive=False, elem_id="px-jobs-next")
+                jobs_refresh = gr.Button(i18n("refresh"), elem_id="px-jobs-refresh")
+            # Pausing, resuming and cancelling are writes: behind the API key like activating a model. Listing
+            # the jobs is too (GET /jobs): the page run on its own sends its --api-key.
+            with gr.Row(equal_height=True):
+                job_pick = gr.Textbox(label=i18n("jobs_pick"), info=i18n("jobs_pick_info"), max_lines=1, scale=3,
+                                      elem_id="px-jobs-pick")
+                pick_buttons = (
+                    gr.Button(i18n("job_pause"), scale=1, elem_id="px-jobs-pause"),
+                    gr.Button(i18n("job_resume"), scale=1, elem_id="px-jobs-resume"),
+                    gr.Button(i18n("job_cancel"), variant="stop", scale=1, elem_id="px-jobs-cancel"))
+            jobs_note = gr.HTML(elem_id="px-jobs-message")
+            jobs_offset = gr.State(0)
+            jobs_ticker = gr.Timer(MODELS_POLL_S, active=False)  # on while a job on the page is not finished
         with gr.Tab(i18n("tab_status"), id="status") as status_tab:
             status_md = gr.Markdown(elem_id="px-status")
             gr.Markdown(i18n("models_header"))
             models_html = gr.HTML(elem_id="px-models")
+            # the re-embed going on: pause, resume or cancel it
+            reembed_label = gr.Markdown(visible=False, elem_id="px-reembed-label")
+            reembed_buttons = control_buttons("px-reembed")
+            reembed_note = gr.HTML(elem_id="px-reembed-message")
+            reembed_job = gr.State(None)  # the id of its job
             # Activating is a write: behind the API key when one is set (see `activate` above).
             with gr.Row(equal_height=True):
                 activate_slug = gr.Dropdown([], value=None, label=i18n("activate_model"), info=i18n("activate_info"),
@@ -475,26 +629,75 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         more_btn.click(more, [asked, tiles], found, concurrency_limit=4)
         pickers = [filter_collections, upload_collection]
         # Following a job mostly sleeps between polls: no reason to make one user wait for another's.
-        upload_btn.click(upload, [files, upload_collection], [progress, errors], concurrency_limit=None).then(
-            collections, None, pickers, concurrency_limit=None)
-        folder_btn.click(ingest, [folder, recursive, upload_collection], [progress, errors],
-                         concurrency_limit=None).then(collections, None, pickers, concurrency_limit=None)
+        ingested = [progress, errors, followed, *job_buttons, job_note]
+        # The progress animation on the progress only: the buttons stay usable while the job is followed.
+        upload_btn.click(upload, [files, upload_collection], ingested, concurrency_limit=None,
+                         show_progress_on=[progress]).then(collections, None, pickers, concurrency_limit=None)
+        folder_btn.click(ingest, [folder, recursive, upload_collection], ingested, concurrency_limit=None,
+                         show_progress_on=[progress]).then(collections, None, pickers, concurrency_limit=None)
+        for action, button in zip(ACTIONS, job_buttons, strict=True):
+            button.click(controlling(action), [followed], [job_note, *job_buttons], concurrency_limit=None)
         search_tab.select(collections, None, pickers, concurrency_limit=None)
         groups = [dup_shown, dup_line, dup_prev, dup_next]
         # Following a run mostly sleeps between polls, as an ingest does.
-        find_btn.click(find_duplicates, [threshold], [dup_progress, dup_note, *groups], concurrency_limit=None)
+        find_btn.click(find_duplicates, [threshold], [dup_progress, dup_note, *groups, dup_followed, *dup_buttons,
+                                                      dup_control], concurrency_limit=None,
+                       show_progress_on=[dup_progress])
+        for action, button in zip(ACTIONS, dup_buttons, strict=True):
+            button.click(controlling(action), [dup_followed], [dup_control, *dup_buttons], concurrency_limit=None)
         duplicates_tab.select(show_groups, [dup_shown], groups, concurrency_limit=None)
         dup_prev.click(previous_groups, [dup_shown], groups, concurrency_limit=None)
         dup_next.click(next_groups, [dup_shown], groups, concurrency_limit=None)
-        shown_by_status = [banner, status_md, query_text, text_btn, text_off, models_html, activate_slug, ticker]
+        shown_by_status = [banner, status_md, query_text, text_btn, text_off, models_html, activate_slug, ticker,
+                           reembed_job, reembed_label, *reembed_buttons]
         refresh.click(status, [activate_slug], shown_by_status, concurrency_limit=None)
         status_tab.select(status, [activate_slug], shown_by_status, concurrency_limit=None)
         ticker.tick(status, [activate_slug], shown_by_status, concurrency_limit=None, show_progress="hidden")
         activate_btn.click(activate, [activate_slug], [activate_note], concurrency_limit=None).then(
             status, [activate_slug], shown_by_status, concurrency_limit=None)
+        for action, button in zip(ACTIONS, reembed_buttons, strict=True):
+            button.click(controlling(action), [reembed_job], [reembed_note, *reembed_buttons],
+                         concurrency_limit=None).then(status, [activate_slug], shown_by_status, concurrency_limit=None)
+        listing = [jobs_html, jobs_offset, jobs_prev, jobs_next, jobs_ticker]
+        jobs_tab.select(show_jobs, [jobs_offset, job_pick], listing, concurrency_limit=None)
+        jobs_refresh.click(show_jobs, [jobs_offset, job_pick], listing, concurrency_limit=None)
+        jobs_ticker.tick(show_jobs, [jobs_offset, job_pick], listing, concurrency_limit=None, show_progress="hidden")
+        jobs_prev.click(newer_jobs, [jobs_offset, job_pick], listing, concurrency_limit=None)
+        jobs_next.click(older_jobs, [jobs_offset, job_pick], listing, concurrency_limit=None)
+        jobs_html.click(pick_job, None, [job_pick], concurrency_limit=None, show_progress="hidden")
+        for action, button in zip(ACTIONS, pick_buttons, strict=True):
+            button.click(acting(action), [job_pick, jobs_offset], [jobs_note, *listing], concurrency_limit=None)
         demo.load(status, [activate_slug], shown_by_status, concurrency_limit=None)
         demo.load(collections, None, pickers, concurrency_limit=None)
     return demo
+
+
+def control_buttons(prefix: str) -> tuple[gr.Button, gr.Button, gr.Button]:
+    """Pause, Resume and Cancel for a followed job (`prefix`-pause, …), hidden until there is one."""
+    with gr.Row():
+        return (gr.Button(i18n("job_pause"), size="sm", scale=0, visible=False, elem_id=f"{prefix}-pause"),
+                gr.Button(i18n("job_resume"), size="sm", scale=0, visible=False, elem_id=f"{prefix}-resume"),
+                gr.Button(i18n("job_cancel"), variant="stop", size="sm", scale=0, visible=False,
+                          elem_id=f"{prefix}-cancel"))
+
+
+def _controls(job: Job | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The Pause, Resume and Cancel buttons of a followed job: hidden without one, usable as its state allows
+    (none once it is finished)."""
+    if job is None:
+        return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False)
+    going, paused = not job.finished, job.state is JobState.PAUSED
+    return (gr.update(visible=True, interactive=going and not paused),
+            gr.update(visible=True, interactive=going and paused), gr.update(visible=True, interactive=going))
+
+
+def _controlled(lang: str, action: Action, job: Job) -> str:
+    """What a pause, resume or cancel did, from the job it returned."""
+    if action == "pause":
+        return t(lang, "control_paused", job=job.job_id)
+    if action == "resume":
+        return t(lang, "control_resumed", job=job.job_id, state=t(lang, f"state_{job.state.value}"))
+    return t(lang, "control_cancelled", job=job.job_id, done=job.done, failed=job.failed, dropped=job.remaining)
 
 
 def _progress(lang: str, job: Job) -> str:
@@ -507,17 +710,24 @@ def _progress(lang: str, job: Job) -> str:
                  total=job.total)
     if job.kind not in ("upload", "reembed", "duplicates") and job.seen:
         text += t(lang, "job_seen", seen=job.seen, skipped=job.skipped)
+    paused, cancelled = job.state is JobState.PAUSED, job.state is JobState.CANCELLED
     if job.rate_per_s:
         text += t(lang, "job_rate", rate=job.rate_per_s)
-    if job.eta_s:
+    if job.eta_s and not paused and not cancelled:  # a paused job has none: it waits for a resume
         text += t(lang, "job_eta", eta=job.eta_s)
-    if job.walking and job.kind != "duplicates":
+    if job.walking and job.kind != "duplicates" and not paused:
         text += t(lang, "job_walking_store" if job.kind == "reembed" else "job_walking")
     if job.interrupted:
         text += t(lang, "dup_interrupted" if job.kind == "duplicates" else "job_interrupted")
+    if paused:
+        text += t(lang, "job_paused")
+    if cancelled:  # what was done stays; the rest was dropped
+        text += t(lang, "dup_dropped" if job.kind == "duplicates" else "job_dropped", dropped=job.remaining)
     maximum = max(job.total, 1)
-    return (f'<div class="px-progress" data-state="{html.escape(job.state.value)}" data-done="{job.done}" '
-            f'data-failed="{job.failed}" data-total="{job.total}">'
+    dropped = f' data-dropped="{job.remaining}"' if cancelled else ""
+    return (f'<div class="px-progress" data-job="{html.escape(job.job_id)}" '
+            f'data-state="{html.escape(job.state.value)}" data-done="{job.done}" data-failed="{job.failed}" '
+            f'data-total="{job.total}"{dropped}>'
             f'<progress value="{min(processed, maximum)}" max="{maximum}"></progress>'
             f"<p>{html.escape(text)}</p></div>")
 
@@ -623,7 +833,9 @@ def _models(lang: str, models: list[dict[str, Any]]) -> str:
             progress = _note(t(lang, "model_no_job"))
         else:
             progress = _progress(lang, job)
-        if state == "building" and m.get("activate_when_done"):
+        if state == "building" and job is not None and job.state is JobState.CANCELLED:
+            progress += _note(t(lang, "model_reembed_cancelled"))
+        elif state == "building" and m.get("activate_when_done"):
             progress += _note(t(lang, "model_activates_itself"))
         vectors = m.get("vectors")
         shown = html.escape(_state_text(lang, m))
@@ -636,6 +848,59 @@ def _models(lang: str, models: list[dict[str, Any]]) -> str:
             f'<td class="px-num px-vectors">{html.escape(str(vectors) if vectors is not None else unknown)}</td>'
             f'<td class="px-reembed">{progress}</td></tr>')
     return f'<table class="px-models"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _duration(seconds: float) -> str:
+    """`42 s`, `3 min 5 s`, `2 h 10 min`."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def _when(timestamp: float | None) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S") if timestamp else ""
+
+
+def _jobs_table(lang: str, offset: int, total: int, jobs: list[Job], picked: str = "") -> str:
+    """A page of jobs as a table (a row a job, `picked` marked): kind, state, done of total, failed, rate, time
+    left, when it started, its folder or label, its id. Each row carries the job's id and counts as data."""
+    if not jobs:
+        return _note(t(lang, "jobs_none"))
+    head = "".join(f"<th>{html.escape(t(lang, key))}</th>" for key in (
+        "jobs_kind", "jobs_state", "jobs_done", "jobs_failed", "jobs_rate", "jobs_eta", "jobs_started", "jobs_path",
+        "jobs_id"))
+    rows = []
+    for job in jobs:
+        kind = t(lang, f"kind_{job.kind}") if job.kind in ("upload", "folder", "reembed", "duplicates") else job.kind
+        state = t(lang, f"state_{job.state.value}")
+        dropped = ""
+        if job.state is JobState.CANCELLED:
+            state += " · " + t(lang, "jobs_dropped", dropped=job.remaining)
+            dropped = f' data-dropped="{job.remaining}"'
+        total_shown = f"{job.total}…" if job.walking else str(job.total)  # still growing while its walk goes on
+        eta = _duration(job.eta_s) if job.eta_s and job.state is not JobState.PAUSED else "—"
+        started = _when(job.started_at) or ("—" if job.finished else t(lang, "jobs_not_started"))
+        selected = ' aria-selected="true"' if picked and job.job_id == picked else ""
+        rows.append(
+            f'<tr tabindex="0" data-job="{html.escape(job.job_id)}" data-kind="{html.escape(job.kind)}" '
+            f'data-state="{html.escape(job.state.value)}" data-done="{job.done}" data-failed="{job.failed}" '
+            f'data-total="{job.total}"{dropped}{selected} title="{html.escape(_when(job.created_at))}">'
+            f"<td>{html.escape(kind)}</td>"
+            f'<td class="px-job-state">{html.escape(state)}</td>'
+            f'<td class="px-num">{job.done} / {total_shown}</td>'
+            f'<td class="px-num">{job.failed}</td>'
+            f'<td class="px-num">{f"{job.rate_per_s:.1f}" if job.rate_per_s else "—"}</td>'
+            f'<td class="px-num">{html.escape(eta)}</td>'
+            f"<td>{html.escape(started)}</td>"
+            f'<td class="px-job-path">{html.escape(job.path or "")}</td>'
+            f"<td><code>{html.escape(job.job_id)}</code></td></tr>")
+    last = offset + len(jobs)
+    line = t(lang, "jobs_page", first=offset + 1, last=last, total=total)
+    return (f'<p class="px-jobs-page" data-offset="{offset}" data-total="{total}">{html.escape(line)}</p>'
+            f'<table class="px-jobs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def mount(app: Any, service: ProximaService, *, path: str = "/ui", allowed_paths: list[str] | None = None,

@@ -97,6 +97,10 @@ class ProximaService(Protocol):
     def upload(self, files: Iterable[Path], collection: str | None = None) -> str: ...
     def ingest_folder(self, path: str, recursive: bool, collection: str | None = None) -> str: ...
     def job(self, job_id: str) -> Job: ...
+    def jobs(self, offset: int, limit: int) -> tuple[int, list[Job]]: ...
+    def pause(self, job_id: str) -> Job: ...
+    def resume(self, job_id: str) -> Job: ...
+    def cancel(self, job_id: str) -> Job: ...
     def status(self) -> dict[str, Any]: ...
     def models(self) -> list[dict[str, Any]]: ...
     def activate(self, slug: str) -> None: ...
@@ -179,6 +183,22 @@ class LocalService:
     def job(self, job_id: str) -> Job:
         return self._run(lambda: self._proxima().job(job_id))
 
+    def jobs(self, offset: int, limit: int) -> tuple[int, list[Job]]:
+        """(jobs in all, a page of them without their error lists), newest first."""
+        return self._run(lambda: self._proxima().list_jobs(offset, limit))
+
+    def pause(self, job_id: str) -> Job:
+        """No new batch of the job starts until it is resumed; ServiceError (bad_input) once it is finished."""
+        return self._run(lambda: self._proxima().pause_job(job_id))
+
+    def resume(self, job_id: str) -> Job:
+        """Go on with a paused job (one not paused is left as it is); ServiceError once it is finished."""
+        return self._run(lambda: self._proxima().resume_job(job_id))
+
+    def cancel(self, job_id: str) -> Job:
+        """Drop what is left of the job (what is done stays); ServiceError once it is finished."""
+        return self._run(lambda: self._proxima().cancel_job(job_id))
+
     def status(self) -> dict[str, Any]:
         return self._proxima().health()
 
@@ -258,6 +278,20 @@ class RemoteService:
 
     def job(self, job_id: str) -> Job:
         return self.client.job(job_id)
+
+    def jobs(self, offset: int, limit: int) -> tuple[int, list[Job]]:
+        """GET /jobs: behind the API key when the API has one (--api-key), like every /jobs route."""
+        return self.client.list_jobs(offset, limit)
+
+    # POST /jobs/{id}/pause|resume|cancel: writes (--api-key); ApiClient quotes the id (it may be typed)
+    def pause(self, job_id: str) -> Job:
+        return self.client.pause_job(job_id)
+
+    def resume(self, job_id: str) -> Job:
+        return self.client.resume_job(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        return self.client.cancel_job(job_id)
 
     def status(self) -> dict[str, Any]:
         return self.client.health()
