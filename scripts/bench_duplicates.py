@@ -5,6 +5,8 @@ collection is searched. Figures in docs/benchmarks.md, "Near-duplicates".
     python scripts/bench_duplicates.py --quality --embeddings /tmp/dup-emb --threshold 0.94   # same vectors
     python scripts/bench_duplicates.py --vectors 200000 --threads 4,2 --ef-search 150,40
     python scripts/bench_duplicates.py --vectors 1000000 --shared-buffers 8GB --threads 4 --ef-search 150
+    python scripts/bench_duplicates.py --vectors 200000 --threads 4 --ef-search 150 --path single,batched \
+        --workdir /tmp/dup-200k   # the old per-image searches against the batched neighbours, same database
 
 `--quality`: real photos from Debian packages (scripts/photosets.py's cache): the photographs of
 `mate-backgrounds` nature/ and of `lomiri-wallpapers-16.04`/`-20.04` (WALLPAPER_PHOTOS), and Tux Paint's photo
@@ -24,7 +26,9 @@ plus `--spread` of isotropic noise so that unrelated images are not all near-dup
 `background`), of which 1% get 1-3 planted copies at cosine 0.95-0.99; loaded and indexed in a private
 embedded PostgreSQL + pgvector with bench_search.py's helpers (bulk load, then the HNSW index). Then
 `shared.duplicates.run` runs end to end (a DuplicateStore on a private redis-server) in a child process, as a
-worker would, once per `--threads`/`--ef-search` combination; reported: time, images/s, the child's peak RSS
+worker would, once per `--path`/`--threads`/`--ef-search` combination (`--path single`: the old search path,
+one `search` per image with its metadata, `shared.backends.base.neighbours_by_search`; `batched`: the backend's
+`neighbours`, a chunk of images per call); reported: time, images/s, the child's peak RSS
 (PostgreSQL and Redis not included; Redis's own peak is reported apart), CPU seconds of the child and of
 PostgreSQL (per image, and the time they would take on two cores of their own), pairs and groups found, and how
 many planted groups came back whole. The last line is JSON.
@@ -33,6 +37,8 @@ many planted groups came back whole. The last line is JSON.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import logging
 import math
@@ -390,6 +396,7 @@ def child_run(args: argparse.Namespace) -> int:
     """One `shared.duplicates.run` over the loaded index (in its own process, so its peak memory is the run's)."""
     import redis
 
+    from shared.backends.base import neighbours_by_search
     from shared.backends.pgvector import PgVectorBackend
     from shared.duplicates import DuplicateStore, RunState, run
 
@@ -402,6 +409,8 @@ def child_run(args: argparse.Namespace) -> int:
 
     backend = PgVectorBackend(args.database_url, ef_search=args.ef_search, index_type=args.index_type,
                               pool_size=args.threads + 2)
+    if args.path == "single":  # the path before `neighbours`: one search (a transaction, every column) per image
+        backend.neighbours = functools.partial(neighbours_by_search, backend)  # type: ignore[method-assign]
     total = backend.count()
     store = CountingStore(redis.Redis.from_url(args.redis_url))
     state = RunState(job_id=uuid.uuid4().hex, threshold=args.threshold, k=args.k)
@@ -525,31 +534,30 @@ def run_vectors(args: argparse.Namespace) -> int:
             redis_proc, redis_url = start_redis(work / "redis")
             cleanups.append(lambda: stop(redis_proc))
             client = redis.Redis.from_url(redis_url)
-            for threads in args.threads:
-                for ef_search in args.ef_search_values:
-                    client.flushall()
-                    client.config_resetstat()
-                    command = [sys.executable, __file__, "--child", "--database-url", url, "--redis-url", redis_url,
-                               "--threads", str(threads), "--ef-search", str(ef_search), "--index-type",
-                               args.index_type, "--batch-size", str(args.batch_size), "--k", str(args.k),
-                               "--threshold", str(args.threshold)]
-                    print(f"run: threads {threads}, ef_search {ef_search}", file=sys.stderr, flush=True)
-                    postgres_before = postgres_cpu_s(work)
-                    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-                    result = {"threads": threads, "ef_search": ef_search,
-                              **json.loads(child.stdout.strip().splitlines()[-1])}
-                    if postgres_before is not None:
-                        postgres_s = (postgres_cpu_s(work) or 0) - postgres_before
-                        per_image = (postgres_s + result["cpu_s"]) / max(1, result["searched"])
-                        result.update(postgres_cpu_s=round(postgres_s, 1),
-                                      cpu_ms_per_image=round(1000 * per_image, 2),
-                                      # what the run would take with two cores all its own, busy throughout
-                                      two_core_estimate_s=round(per_image * result["searched"] / 2, 1))
-                    redis_peak = client.info("memory")["used_memory_peak"]
-                    groups = DuplicateStore(client).page(0, 10**9)
-                    result.update(redis_peak_mb=round(redis_peak / 2**20), **planted_recall(groups, planted, base))
-                    results.append(result)
-                    print(json.dumps(result), file=sys.stderr, flush=True)
+            for path, threads, ef_search in itertools.product(args.path, args.threads, args.ef_search_values):
+                client.flushall()
+                client.config_resetstat()
+                command = [sys.executable, __file__, "--child", "--database-url", url, "--redis-url", redis_url,
+                           "--threads", str(threads), "--ef-search", str(ef_search), "--index-type",
+                           args.index_type, "--batch-size", str(args.batch_size), "--k", str(args.k),
+                           "--threshold", str(args.threshold), "--path", path]
+                print(f"run: {path}, threads {threads}, ef_search {ef_search}", file=sys.stderr, flush=True)
+                postgres_before = postgres_cpu_s(work)
+                child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+                result = {"path": path, "threads": threads, "ef_search": ef_search,
+                          **json.loads(child.stdout.strip().splitlines()[-1])}
+                if postgres_before is not None:
+                    postgres_s = (postgres_cpu_s(work) or 0) - postgres_before
+                    per_image = (postgres_s + result["cpu_s"]) / max(1, result["searched"])
+                    result.update(postgres_cpu_s=round(postgres_s, 1),
+                                  cpu_ms_per_image=round(1000 * per_image, 2),
+                                  # what the run would take with two cores all its own, busy throughout
+                                  two_core_estimate_s=round(per_image * result["searched"] / 2, 1))
+                redis_peak = client.info("memory")["used_memory_peak"]
+                groups = DuplicateStore(client).page(0, 10**9)
+                result.update(redis_peak_mb=round(redis_peak / 2**20), **planted_recall(groups, planted, base))
+                results.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
         finally:
             for cleanup in reversed(cleanups):
                 cleanup()
@@ -584,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="search threads of the run, comma-separated to try several (default 4, the job's)")
     p.add_argument("--ef-search", dest="ef_search_values", type=lambda s: [int(v) for v in s.split(",")],
                    default=[150], help="pgvector hnsw.ef_search of the run's searches, comma-separated")
+    p.add_argument("--path", type=lambda s: s.split(","), default=["batched"],
+                   help="single (one search per image, the old path), batched (`neighbours`, the job's), or both: "
+                   "single,batched runs each on the same database")
     p.add_argument("--k", type=int, default=DEFAULT_NEIGHBOURS)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--m", type=int, default=16)
@@ -600,7 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress-every", type=float, default=30.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if set(args.path) - {"single", "batched"}:
+        p.error("--path takes single, batched or both")
     if args.child:
+        args.path = args.path[0]
         args.ef_search = args.ef_search_values[0]
         args.threads = args.threads[0]
         return child_run(args)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.backends.base import Hit, ImageRecord, SearchFilter, VectorBackend
+from shared.backends.base import Hit, ImageRecord, Neighbours, SearchFilter, VectorBackend
 from shared.types import BackendUnavailable, Conflict, ModelInfo, NotFound, SchemaMismatch
 
 log = logging.getLogger(__name__)
@@ -264,6 +264,9 @@ class Mirrored:
     def search(self, vector: np.ndarray, k: int, *, exclude: Sequence[str] = (),
                where: SearchFilter | None = None) -> list[Hit]:
         return self.active.search(vector, k, exclude=exclude, where=where)
+
+    def neighbours(self, ids: Sequence[str], vectors: np.ndarray, k: int) -> Neighbours:
+        return self.active.neighbours(ids, vectors, k)
 
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         return self.active.get(ids)

@@ -1,7 +1,8 @@
 """Near-duplicates across the whole collection: the same photo resized, recompressed, cropped, re-exported.
 
     find_pairs     every image's k nearest neighbours from the backend's own ANN index (streaming over
-                   `scan()`, a few searches at once), keeping the pairs at or above a cosine threshold
+                   `scan()`, chunks of a batch at once through `neighbours`), keeping the pairs at or above a
+                   cosine threshold
     UnionFind      pairs → groups (only images that have a pair take memory: never n × n anything)
     make_groups    each group's suggested keeper (KEEP_RULE) and every member's score to it
     DuplicateStore the last run's groups in Redis (they survive restarts), paged largest first, and the
@@ -96,24 +97,28 @@ class Pair:
 
 
 def find_pairs(backend: VectorBackend, *, threshold: float, k: int = DEFAULT_NEIGHBOURS, batch_size: int = 256,
-               skip: int = 0, threads: int = 4) -> Iterator[tuple[str, int, list[Pair]]]:
+               skip: int = 0, threads: int = 4, chunk: int = 64) -> Iterator[tuple[str, int, list[Pair]]]:
     """(last id searched, images searched, pairs) per batch of the scan, past its first `skip` images (those
-    a run cut short had searched: the scan's order is the backend's, by image id or not)."""
+    a run cut short had searched: the scan's order is the backend's, by image id or not). A batch's images are
+    searched in chunks of at most `chunk` (`VectorBackend.neighbours`, ids and scores only), `threads` at once."""
     passed = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="duplicates") as pool:
         for records, vectors in backend.scan(batch_size):
-            rows = list(range(max(0, skip - passed), len(records)))
+            start = max(0, skip - passed)
             passed += len(records)
-            if not rows:
+            if start >= len(records):
                 continue
+            ids = [record.id for record in records]
+            size = min(chunk, -(-(len(ids) - start) // threads))  # every thread gets a chunk
 
-            def neighbours(i: int, records: list[ImageRecord] = records, vectors: np.ndarray = vectors) -> list[Pair]:
-                own = records[i].id
-                return [Pair(min(own, hit.id), max(own, hit.id), round(hit.score, 6))
-                        for hit in backend.search(vectors[i], k, exclude=[own]) if hit.score >= threshold]
+            def pairs(begin: int, ids: list[str] = ids, vectors: np.ndarray = vectors, size: int = size) -> list[Pair]:
+                own = ids[begin:begin + size]
+                found = backend.neighbours(own, vectors[begin:begin + size], k)
+                return [Pair(min(a, b), max(a, b), round(score, 6))
+                        for a, hits in zip(own, found, strict=True) for b, score in hits if score >= threshold]
 
-            pairs = [pair for found in pool.map(neighbours, rows) for pair in found]
-            yield records[rows[-1]].id, len(rows), list(dict.fromkeys(pairs))
+            batch = [pair for chunk_pairs in pool.map(pairs, range(start, len(ids), size)) for pair in chunk_pairs]
+            yield ids[-1], len(ids) - start, list(dict.fromkeys(batch))
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,11 @@ import numpy as np
 from shared.filters import SearchFilter
 from shared.types import BackendError, BackendUnavailable, ModelInfo, SchemaMismatch
 
-__all__ = ["BackendError", "BackendUnavailable", "Hit", "ImageRecord", "SchemaMismatch", "SearchFilter",
-           "VectorBackend", "check_model", "merge_labels", "translate_errors"]
+__all__ = ["BackendError", "BackendUnavailable", "Hit", "ImageRecord", "Neighbours", "SchemaMismatch", "SearchFilter",
+           "VectorBackend", "check_model", "merge_labels", "neighbours_by_search", "translate_errors"]
+
+# Per query row, (image id, cosine similarity) of its nearest other images, best first (`VectorBackend.neighbours`).
+Neighbours = list[list[tuple[str, float]]]
 
 
 @contextmanager
@@ -146,6 +149,13 @@ class VectorBackend(Protocol):
         out ids in `exclude`. The filter runs inside the index search (not on its top k afterwards), so a
         filter that keeps 1% of the collection still returns k matches when there are k."""
 
+    def neighbours(self, ids: Sequence[str], vectors: np.ndarray, k: int) -> Neighbours:
+        """For each row `vectors[i]` (the stored vector of image `ids[i]`), up to `k` (id, cosine) pairs of
+        other images, best first: ids and scores only, no filter, many queries per call. For scans of the
+        whole collection (near-duplicates); each backend answers it leaner than `search`. This body (for
+        classes that subclass VectorBackend) is the plain version, `neighbours_by_search`."""
+        return neighbours_by_search(self, ids, vectors, k)
+
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         """Records of the ids that exist (missing ids are simply absent)."""
 
@@ -186,3 +196,11 @@ class VectorBackend(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def neighbours_by_search(backend: VectorBackend, ids: Sequence[str], vectors: np.ndarray, k: int) -> Neighbours:
+    """`VectorBackend.neighbours` through `search`: one search per row, leaving out the row's own id."""
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+    return [[(hit.id, hit.score) for hit in backend.search(vector, k, exclude=[own])]
+            for own, vector in zip(ids, vectors, strict=True)]

@@ -73,7 +73,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pymysql
 
-from shared.backends.base import Hit, ImageRecord, SearchFilter, check_model, merge_labels, translate_errors
+from shared.backends.base import Hit, ImageRecord, Neighbours, SearchFilter, check_model, merge_labels, translate_errors
 from shared.filters import epoch_micros, from_epoch_micros
 from shared.types import BackendError, ModelInfo, SchemaMismatch
 
@@ -800,6 +800,31 @@ class ManticoreBackend:
         hits = [h for h in hits if h.id not in skip]
         hits.sort(key=lambda h: h.score, reverse=True)  # stable: keeps Manticore's order on ties
         return hits[:k]
+
+    def neighbours(self, ids: Sequence[str], vectors: np.ndarray, k: int) -> Neighbours:
+        """One KNN query per row on one connection, reading only each hit's image id and distance."""
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        k = int(k)
+        if k <= 0:
+            return [[] for _ in ids]
+        limit = k + 1  # the query's own row among them
+        options = ["ef=%s", "early_termination=%s"]
+        values: list[Any] = [max(self.ef_search, limit), int(self.early_termination)]
+        if self._quantized():
+            options += ["rescore=1", "oversampling=%s"]
+            values.append(self.oversampling)
+        statement = self._sql("SELECT img_id, knn_dist() FROM {table} WHERE knn(embedding, %s, %s, {options}) "
+                              "LIMIT %s OPTION max_matches=%s", options="{" + ", ".join(options) + "}")
+        found: Neighbours = []
+        with self._cursor() as cur:
+            for own, vector in zip(ids, vectors, strict=True):
+                cur.execute(statement, (limit, vector_param(vector), *values, limit, limit))
+                hits = [(_text(row[0]), 1.0 - float(row[1])) for row in cur.fetchall()]
+                hits = [hit for hit in hits if hit[0] != own]
+                hits.sort(key=lambda hit: hit[1], reverse=True)  # stable: Manticore's order on ties
+                found.append(hits[:k])
+        return found
 
     def _quantized(self) -> bool:
         """Whether the table stores quantized vectors (its DDL decides, once ensure_schema has read it)."""

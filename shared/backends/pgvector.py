@@ -5,9 +5,10 @@ One table of vectors per model identity (`proxima_images` for the first one, the
 `for_index` gives views bound to the others that share its connection pool. Bulk upserts go through a
 binary `COPY` into a per-connection staging table followed by one `INSERT … ON CONFLICT`, so a batch of
 1,000 vectors is two statements and one commit. Searches order by `embedding <=> query` so the planner uses
-the index. Every value reaches SQL as a bound parameter; the only identifiers composed into statements are
-the bound table's name (validated against `_TABLE_NAME`) and names derived from it, through
-`psycopg.sql.Identifier`.
+the index; a near-duplicate scan (`neighbours`) searches a batch of stored vectors in one statement, a
+LATERAL join walking the index once per vector. Every value reaches SQL as a bound parameter; the only
+identifiers composed into statements are the bound table's name (validated against `_TABLE_NAME`) and names
+derived from it, through `psycopg.sql.Identifier`.
 
 Each table's model identity is a row of `proxima_meta`: key `model` for `proxima_images` (as the first
 releases wrote it), `model:<table>` for any other table. The catalogue (`read_catalog` / `write_catalog`) is
@@ -48,7 +49,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared.backends.base import Hit, ImageRecord, check_model, translate_errors
+from shared.backends.base import Hit, ImageRecord, Neighbours, check_model, translate_errors
 from shared.filters import SearchFilter
 from shared.types import ModelInfo, SchemaMismatch
 
@@ -118,6 +119,14 @@ _SEARCH = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM {table} {where}
                "ORDER BY {order} LIMIT %(k)s")
 _SEARCH_RERANK = _SQL("SELECT {columns}, 1 - (embedding <=> %(q)s) FROM (SELECT * FROM {table} {where} "
                       "ORDER BY {order} LIMIT %(n)s) AS candidates ORDER BY embedding <=> %(q)s LIMIT %(k)s")
+# Nearest neighbours of a batch of stored vectors in one statement (`neighbours`): one HNSW index scan per query
+# row of the LATERAL join (EXPLAIN: a Nested Loop over the unnest, `Index Scan using <table>_embedding_hnsw`
+# in each loop), only ids and exact scores out.
+_NEIGHBOURS = _SQL("SELECT q.n, c.id, 1 - (c.embedding <=> q.v) "
+                   "FROM unnest(%(q)b::vector[]) WITH ORDINALITY AS q(v, n) CROSS JOIN LATERAL "
+                   "(SELECT t.id, t.embedding FROM {table} AS t ORDER BY {order} LIMIT %(n)s) AS c")
+_LATERAL_ORDER = {"vector": _SQL("t.embedding <=> q.v"),
+                  "halfvec": _SQL("t.embedding::halfvec({dim}) <=> q.v::halfvec({dim})")}
 # One staging table per connection serves every table the pool's views write: its vector column has no
 # dimension (the INSERT into the target table checks it), so tables of different models can share it.
 _STAGING = _ID("proxima_upsert_staging")
@@ -430,6 +439,30 @@ class PgVectorBackend:
         hits.sort(key=lambda hit: (-hit.score, hit.id))
         return hits[:k]
 
+    def neighbours(self, ids: Sequence[str], vectors: np.ndarray, k: int) -> Neighbours:
+        """The whole batch in one transaction and one statement (`_NEIGHBOURS`), ef_search set once; exact
+        scores, ordered by them as `search` orders its hits."""
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        found: Neighbours = [[] for _ in ids]
+        if not found or k <= 0:
+            return found
+        queries = list(np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1))
+        candidates = max(self.rerank, k + 1)  # the query's own row among them
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                         "set_config('hnsw.iterative_scan', 'off', true)",
+                         (str(min(1000, max(self.ef_search, candidates))),))
+            rows = conn.execute(_NEIGHBOURS.format(table=self._table, order=self._order(conn, _LATERAL_ORDER)),
+                                {"q": queries, "n": candidates}).fetchall()
+        for n, image_id, score in rows:
+            if image_id != ids[n - 1]:
+                found[n - 1].append((image_id, float(score)))
+        for hits in found:
+            hits.sort(key=lambda hit: (-hit[1], hit[0]))
+            del hits[k:]
+        return found
+
     def _may_match_nothing(self, conn: psycopg.Connection, where: SearchFilter) -> bool:
         """Whether `where` names a collection or tag that is not among the common ones PostgreSQL's statistics
         list (`most_common_elems`, read at most once a minute): only then is a probe worth it, and cheap."""
@@ -455,11 +488,15 @@ class PgVectorBackend:
 
     def _search_sql(self, conn: psycopg.Connection, where: psycopg.sql.Composable) -> psycopg.sql.Composed:
         """Nearest first by the index's own distance; with `rerank`, candidates re-ordered exactly."""
-        if self.index_type == "halfvec" and self._dim is None:
-            self._dim = _stored_dim(conn, self.index)
-        order = _ORDER[self.index_type].format(dim=psycopg.sql.Literal(int(self._dim or 0)))
+        order = self._order(conn, _ORDER)
         return (_SEARCH_RERANK if self.rerank else _SEARCH).format(columns=_SQL(_COLUMNS), table=self._table,
                                                                    where=where, order=order)
+
+    def _order(self, conn: psycopg.Connection, orders: dict[str, psycopg.sql.SQL]) -> psycopg.sql.Composed:
+        """The index's own distance from `orders` (halfvec casts need the stored dimension)."""
+        if self.index_type == "halfvec" and self._dim is None:
+            self._dim = _stored_dim(conn, self.index)
+        return orders[self.index_type].format(dim=psycopg.sql.Literal(int(self._dim or 0)))
 
     def get(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
         if not ids:
@@ -511,7 +548,7 @@ class PgVectorBackend:
             with self._connection() as conn:
                 if not _exists(conn, self.index):
                     return
-                rows = conn.execute(statement, (after, batch_size)).fetchall()
+                rows = conn.execute(statement, (after, batch_size), binary=True).fetchall()  # vectors unparsed
             if not rows:
                 return
             yield [_record(row) for row in rows], np.stack([_as_array(row[-1]) for row in rows])

@@ -1,6 +1,6 @@
 """Near-duplicate runs (`shared.duplicates.run`) on every backend: planted groups in controlled vectors come
 out exactly, with the keepers KEEP_RULE names, and a run cut short after a few batches resumes to the same
-groups without searching an image twice."""
+groups without searching an image twice; the backends' batched `neighbours` agree with exact cosines."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from shared.backends import ImageRecord
+from shared.backends.base import neighbours_by_search
 from shared.duplicates import DuplicateStore, RunState, find_pairs, run
 from shared.types import ModelInfo
 
@@ -20,9 +21,9 @@ DIM = 64
 MODEL = ModelInfo("test-model", "random", DIM)
 THRESHOLD = 0.9
 BATCH = 64  # scan batches: a run of the ~340 images below takes six
-# searches at once: a Milvus server answers each Strong search after ~0.2 s (it waits for its time tick), so
-# the run is latency-bound there (75 s for these images one at a time, 9 s sixteen at a time)
-THREADS = 16
+# the job's default: each thread asks `neighbours` for a chunk of a batch (16 images here) in one call (one
+# search per image, a Milvus server answering each Strong search after ~0.2 s, took 9 s sixteen at a time)
+THREADS = 4
 
 
 def image_id(n: int) -> str:
@@ -151,6 +152,36 @@ def test_planted_data_is_what_it_says():
     assert PLANTED.cosine(a, c) == pytest.approx(0.8432, abs=1e-3)
 
 
+def test_neighbours_are_other_images_best_first_with_their_cosines(loaded):
+    """`neighbours` of stored vectors, several at once or one: up to k other images each (never the query's
+    own id), best first, each score the pair's cosine, the k nearest by exact cosine (up to ties within the
+    index's precision); the same as the plain version through `search` (`neighbours_by_search`)."""
+    five = next(sorted(members) for members in PLANTED.groups if len(members) == 5)
+    rows = [PLANTED.by_id[i] for i in five] + [0, 1, 150, 299, len(PLANTED.records) - 1]  # a group, others
+    ids = [PLANTED.records[r].id for r in rows]
+    exact = PLANTED.vectors[rows] @ PLANTED.vectors.T
+    for k in (3, 10):
+        found = loaded.neighbours(ids, PLANTED.vectors[rows], k)
+        assert len(found) == len(ids)
+        for row, own, hits, cosines in zip(rows, ids, found, exact, strict=True):
+            assert len(hits) == k and own not in {image_id for image_id, _ in hits}
+            assert len({image_id for image_id, _ in hits}) == k
+            scores = [score for _, score in hits]
+            assert scores == sorted(scores, reverse=True)
+            for image_id, score in hits:
+                assert score == pytest.approx(PLANTED.cosine(own, image_id), abs=1e-4)
+            others = np.delete(cosines, row)
+            assert min(scores) >= np.sort(others)[-k] - 2e-3  # the k nearest
+            if own in five:  # its group first: the other four (k = 3: three of them)
+                assert {image_id for image_id, _ in hits[:min(k, 4)]} <= set(five)
+            single = loaded.neighbours([own], PLANTED.vectors[[row]], k)
+            assert [image_id for image_id, _ in single[0]] == [image_id for image_id, _ in hits]
+        plain = neighbours_by_search(loaded, ids, PLANTED.vectors[rows], k)
+        assert [[image_id for image_id, _ in hits] for hits in plain] == \
+            [[image_id for image_id, _ in hits] for hits in found]
+    assert loaded.neighbours([], PLANTED.vectors[:0], 10) == []
+
+
 def check_groups(groups, store: DuplicateStore) -> None:
     found = {frozenset(m.id for m in g.members): g for g in groups}
     assert set(found) == {frozenset(g) for g in PLANTED.groups}
@@ -189,13 +220,13 @@ def test_a_run_finds_exactly_the_planted_groups(loaded, store):
 
 def test_a_run_cut_short_resumes_where_it_stopped(loaded, store):
     searched: list[str] = []
-    search = loaded.search
+    neighbours = loaded.neighbours
 
-    def recording(vector, k, *, exclude=(), where=None):
-        searched.extend(exclude)  # find_pairs leaves out the image searched for, and only it
-        return search(vector, k, exclude=exclude, where=where)
+    def recording(ids, vectors, k):
+        searched.extend(ids)  # the images whose neighbours find_pairs asks for
+        return neighbours(ids, vectors, k)
 
-    loaded.search = recording
+    loaded.neighbours = recording
     order = [r.id for records, _ in loaded.scan(BATCH) for r in records]  # the backend's own order
     assert sorted(order) == sorted(PLANTED.by_id)
     state = RunState(job_id="b" * 32, threshold=THRESHOLD, k=10)
