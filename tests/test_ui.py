@@ -37,7 +37,7 @@ from shared.imagestore import image_id_of
 from shared.services import Proxima
 from shared.types import Job, JobState, ModelInfo
 from tests.conftest import _settings, _stack_env
-from ui.app import _jobs_table, _progress, _status
+from ui import render
 from ui.service import LocalService, Query, RemoteService, ServiceError
 from ui.text import TEXTS, language
 
@@ -579,17 +579,17 @@ def test_both_languages_have_every_text():
 
 def test_progress_of_a_paused_and_a_cancelled_job():
     paused = Job("a" * 32, "folder", JobState.PAUSED, total=10, done=4, rate_per_s=2.0, path="/photos", walking=True)
-    shown = _progress("en", paused)
+    shown = render.progress("en", paused)
     assert 'data-state="paused"' in shown and "4 indexed, 0 failed of 10" in shown
     assert "Paused: no new batch starts until it is resumed" in shown
     assert "left" not in shown and "still walking" not in shown  # it waits: no time left, no walk going on
-    assert "En pausa: no empieza" in _progress("es", paused)
+    assert "En pausa: no empieza" in render.progress("es", paused)
     cancelled = Job("b" * 32, "upload", JobState.CANCELLED, total=10, done=3, failed=1)
-    shown = _progress("en", cancelled)
+    shown = render.progress("en", cancelled)
     assert 'data-state="cancelled"' in shown and 'data-dropped="6"' in shown
     assert "cancelled. 3 indexed, 1 failed of 10" in shown and "6 not processed (dropped)" in shown
     run = Job("c" * 32, "duplicates", JobState.CANCELLED, total=50, done=20)
-    assert "30 images not searched" in _progress("en", run)
+    assert "30 images not searched" in render.progress("en", run)
 
 
 def test_jobs_table_rows():
@@ -597,21 +597,21 @@ def test_jobs_table_rows():
                 path="/photos/2024", walking=True, created_at=1_719_748_800.0, started_at=1_719_748_805.0),
             Job("b" * 32, "reembed", JobState.PAUSED, total=8, done=2, rate_per_s=1.0, path="open_clip: ViT"),
             Job("c" * 32, "duplicates", JobState.CANCELLED, total=50, done=20)]
-    shown = _jobs_table("en", 20, 23, jobs, picked="b" * 32)
+    shown = render.jobs_table("en", 20, 23, jobs, picked="b" * 32)
     assert 'data-offset="20" data-total="23">Jobs 21–23 of 23<' in shown
     running, paused, cancelled = shown.split("<tr ")[1:]
     assert ">folder<" in running and ">4 / 10…<" in running and ">2.5<" in running and ">2 min 30 s<" in running
     assert "2024-06-30 12:00:05" in running and "/photos/2024" in running
     assert 'aria-selected="true"' in paused and ">paused<" in paused and ">—<" in paused and "not yet" in paused
     assert 'data-dropped="30"' in cancelled and "cancelled · 30 dropped" in cancelled
-    assert "reindexado" in _jobs_table("es", 0, 3, jobs) and "No jobs yet" in _jobs_table("en", 0, 0, [])
+    assert "reindexado" in render.jobs_table("es", 0, 3, jobs) and "No jobs yet" in render.jobs_table("en", 0, 0, [])
 
 
 def test_random_weights_warning_is_on_the_status():
     health = {"backend": "pgvector", "model": {"name": "ViT-B-32", "pretrained": "random", "dim": 512,
                                                 "random": True}, "vectors": 0, "queue_depth": 0, "problems": []}
-    assert "random weights" in _status("en", health, None)
-    assert "pesos aleatorios" in _status("es", health, None)
+    assert "random weights" in render.status("en", health, None)
+    assert "pesos aleatorios" in render.status("es", health, None)
 
 
 # With the tiny random model every picture scores 0.96 to 0.998 against every other; copies of one picture

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -104,19 +104,35 @@ def _upload(url: str, seeds: range, size=(1024, 768)) -> dict:
     return response.json()
 
 
+def _wait_job(launcher: Launcher, job_url: str, done: Callable[[dict], bool], timeout: float, what: str) -> None:
+    """Wait for the job; if it does not get there, fail with where the worker's threads are (py-spy when it is
+    on PATH, else Celery's own dump on SIGUSR1, in the log) and the end of the launcher's log."""
+    try:
+        wait_for(lambda: done(httpx.get(job_url).json()), timeout, what)
+    except TimeoutError:
+        worker, stacks = launcher.worker(), ""
+        if shutil.which("py-spy"):
+            stacks = subprocess.run(["py-spy", "dump", "--pid", str(worker.pid)], capture_output=True,
+                                    text=True, timeout=60).stdout
+        else:
+            worker.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+        raise AssertionError(f"{what}: {httpx.get(job_url).json()}\n{stacks}\n{launcher.log()[-12000:]}") from None
+
+
 def test_a_killed_worker_is_restarted_and_ctrl_c_then_stops_everything_within_ten_seconds(launcher):
     """One stack for both (each start costs a model check and five processes): a worker SIGKILLed mid-job is
     replaced and every image is indexed once; then Ctrl-C in the middle of the next batch stops it all."""
     body = _upload(launcher.url, range(100, 160), size=(1600, 1200))
     job_url = f"{launcher.url}/jobs/{body['job_id']}"
-    wait_for(lambda: httpx.get(job_url).json()["done"] >= 4, 60, "the first batches")
+    _wait_job(launcher, job_url, lambda job: job["done"] >= 4, 60, "the first batches")
     victim = launcher.worker()
     victim.kill()  # as the OOM killer would
     assert httpx.get(f"{launcher.url}/health", timeout=10).status_code == 200  # the API keeps answering
     wait_for(lambda: launcher.worker().pid != victim.pid, 30, "a new worker")
     assert "worker exited with code -9; restarting it" in launcher.log()
-    wait_for(lambda: httpx.get(job_url).json()["state"] in ("completed", "completed_with_errors", "failed"), 180,
-             "the job")
+    _wait_job(launcher, job_url, lambda job: job["state"] in ("completed", "completed_with_errors", "failed"), 180,
+              "the job")
     job = httpx.get(job_url).json()
     assert (job["state"], job["done"], job["failed"]) == ("completed", 60, 0)
     assert httpx.get(f"{launcher.url}/health").json()["vectors"] == 60  # ids are primary keys: each once

@@ -6,6 +6,7 @@ Cancel for it.
 
 `build_ui(service)` works with any ProximaService: in the API process it gets a LocalService (same
 service functions as the routes, no HTTP round trip); `python -m ui --api URL` gives it a RemoteService.
+Here are the layout and the event handlers; the HTML and text they show come from `ui.render`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import html
 import logging
 import math
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +25,9 @@ import gradio as gr
 from shared.duplicates import DEFAULT_THRESHOLD
 from shared.pipeline import MAX_QUERY_CHARS
 from shared.types import Job, JobState
-from ui.service import DuplicateGroup, Found, ProximaService, Query, Result, ServiceError
+from ui import render
+from ui.render import Action
+from ui.service import DuplicateGroup, Found, ProximaService, Query, ServiceError
 from ui.text import i18n, language, t
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 MAX_TOP_K = 100
 POLL_S = 0.5
 MODELS_POLL_S = 2.0  # the status tab refreshes itself this often while a re-embed is running
-ERRORS_SHOWN = 200
 GROUPS_PER_PAGE = 10  # groups of near-duplicates on one page of the duplicates tab
 JOBS_PER_PAGE = 20  # jobs on one page of the jobs tab
 PAUSED_POLL_S = 1.0  # following a paused job: nothing moves until someone resumes it
@@ -76,7 +76,6 @@ element.addEventListener('keydown', (e) => {
   if (row && (e.key === 'Enter' || e.key === ' ')) { e.preventDefault(); pick(row); }
 });
 """
-Action = Literal["pause", "resume", "cancel"]
 ACTIONS: tuple[Action, ...] = ("pause", "resume", "cancel")  # in the order of the buttons
 
 FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "GIF", "TIFF", "BMP", "AVIF"]
@@ -139,10 +138,6 @@ def _error(lang: str, exc: Exception) -> str:
     return f'<p class="px-error" role="alert">❌ {html.escape(text)}</p>'
 
 
-def _note(text: str) -> str:
-    return f"<p>{html.escape(text)}</p>"
-
-
 def _filters(captured_from: str | None, captured_to: str | None, collections: list[str] | str | None,
              formats: list[str] | None, camera: str | None, tags: str | None, min_score: str | None,
              ) -> dict[str, Any]:
@@ -173,16 +168,6 @@ def _filters(captured_from: str | None, captured_to: str | None, collections: li
     return out
 
 
-def _caption(result: Result) -> str:
-    """`0.912 · 2024-06-30 · Trip 2024 · IMG_0042.jpg`: what is known of it, the filename last."""
-    parts = [f"{result.score:.3f}"]
-    if result.captured_at is not None:
-        parts.append(result.captured_at.date().isoformat())
-    if result.collections:
-        parts.append(", ".join(result.collections))
-    return " · ".join([*parts, result.filename])
-
-
 def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
     """The whole page; its labels are gr.I18n keys (pass `ui.text.i18n` to launch or mount)."""
 
@@ -204,15 +189,15 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 return _error(lang, exc), [(tile.image, tile.caption) for tile in before], before, asked, gr.update()
             return _error(lang, exc), [], [], None, gr.update(visible=False)
         asked = replace(asked, next_offset=found.next_offset)
-        tiles = before + [Tile(r.id, r.filename, r.image, _caption(r)) for r in found.results]
+        tiles = before + [Tile(r.id, r.filename, r.image, render.caption(r)) for r in found.results]
         if not tiles:
-            text = _note(t(lang, "no_match" if asked.filters else "no_results"))
+            text = render.note(t(lang, "no_match" if asked.filters else "no_results"))
         elif before:
-            text = _note(t(lang, "more_found", n=len(tiles), m=len(found.results), ms=found.took_ms))
+            text = render.note(t(lang, "more_found", n=len(tiles), m=len(found.results), ms=found.took_ms))
         elif asked.like is not None:
-            text = _note(t(lang, "like_this", n=len(tiles), name=asked.like, ms=found.took_ms))
+            text = render.note(t(lang, "like_this", n=len(tiles), name=asked.like, ms=found.took_ms))
         else:
-            text = _note(t(lang, "found", n=len(tiles), ms=found.took_ms))
+            text = render.note(t(lang, "found", n=len(tiles), ms=found.took_ms))
         return (text, [(tile.image, tile.caption) for tile in tiles], tiles, asked,
                 gr.update(visible=found.next_offset is not None and bool(tiles)))
 
@@ -232,7 +217,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                  request: gr.Request) -> Shown:
         lang = _lang(request)
         if not path:
-            return nothing(_note(t(lang, "no_query_image")))
+            return nothing(render.note(t(lang, "no_query_image")))
         return ask(lang, lambda: Asked("image", Path(path).read_bytes(), int(k), _filters(
             captured_from, captured_to, collections, formats, camera, tags, min_score)))
 
@@ -240,7 +225,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 formats: list[str], camera: str, tags: str, min_score: str, request: gr.Request) -> Shown:
         lang = _lang(request)
         if not (text or "").strip():
-            return nothing(_note(t(lang, "no_query_text")))
+            return nothing(render.note(t(lang, "no_query_text")))
         return ask(lang, lambda: Asked("text", text, int(k), _filters(
             captured_from, captured_to, collections, formats, camera, tags, min_score)))
 
@@ -280,7 +265,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             except ServiceError as exc:  # e.g. Redis restarting: keep following, the buttons as they are
                 yield _error(lang, exc), "", job_id, gr.update(), gr.update(), gr.update()
             else:
-                yield _progress(lang, job), _errors(lang, job), job_id, *_controls(job)
+                yield render.progress(lang, job), render.errors(lang, job), job_id, *_controls(job)
                 if job.finished:  # done or cancelled, or its walk died before the end and what was queued is done
                     return
                 paused = job.state is JobState.PAUSED
@@ -296,7 +281,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
     def upload(paths: list[str] | None, collection: str | None, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         lang = _lang(request)
         if not paths:
-            yield _note(t(lang, "no_files")), "", None, *_controls(None), ""
+            yield render.note(t(lang, "no_files")), "", None, *_controls(None), ""
             return
         name = (collection or "").strip() or None
         yield from following(lang, lambda: service.upload([Path(p) for p in paths], name))
@@ -304,7 +289,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
     def ingest(path: str, recursive: bool, collection: str | None, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         lang = _lang(request)
         if not (path or "").strip():
-            yield _note(t(lang, "no_folder")), "", None, *_controls(None), ""
+            yield render.note(t(lang, "no_folder")), "", None, *_controls(None), ""
             return
         name = (collection or "").strip() or None
         yield from following(lang, lambda: service.ingest_folder(path.strip(), recursive, name))
@@ -322,12 +307,12 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         def control(job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
             lang = _lang(request)
             if not job_id:
-                return _note(t(lang, "no_job_followed")), *_controls(None)
+                return render.note(t(lang, "no_job_followed")), *_controls(None)
             try:
                 job = apply(action, job_id)
             except Exception as exc:
                 return _error(lang, exc), gr.update(), gr.update(), gr.update()
-            return _note(_controlled(lang, action, job)), *_controls(job)
+            return render.note(render.controlled(lang, action, job)), *_controls(job)
 
         return control
 
@@ -350,11 +335,12 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         except Exception as exc:
             table, picker, running = _error(lang, exc), gr.update(), False
         else:
-            slugs = [(f"{m.get('slug')} · {_state_text(lang, m)}", str(m.get("slug")))
+            slugs = [(f"{m.get('slug')} · {render.state_text(lang, m)}", str(m.get("slug")))
                      for m in models if m.get("state") != "active"]
             kept = chosen if chosen in {slug for _, slug in slugs} else None
-            table, picker = _models(lang, models), gr.update(choices=slugs, value=kept)
-            jobs = [(m, job) for m in models if m.get("state") == "building" and (job := _job(m)) is not None]
+            table, picker = render.models(lang, models), gr.update(choices=slugs, value=kept)
+            jobs = [(m, job) for m in models
+                    if m.get("state") == "building" and (job := render.model_job(m)) is not None]
             running = any(not job.finished for _, job in jobs)  # a paused one too: it may be resumed elsewhere
             # the buttons act on the re-embed going on (the latest one when none is)
             shown = next(((m, job) for m, job in jobs if not job.finished), jobs[-1] if jobs else None)
@@ -364,7 +350,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 line = t(lang, "reembed_controls", slug=f"`{shown[0].get('slug')}`")
                 reembed = (shown[1].job_id, gr.update(value=line, visible=True), *_controls(shown[1]))
         return (gr.update(value=t(lang, "random_warning"), visible=bool(model.get("random"))),
-                _status(lang, health, _flower_link(service.flower_url, request)),
+                render.status(lang, health, _flower_link(service.flower_url, request)),
                 gr.update(visible=text_on), gr.update(visible=text_on), gr.update(value=why, visible=not text_on),
                 table, picker, gr.Timer(active=running), *reembed)
 
@@ -374,12 +360,12 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         --api-key, which the API checks (POST /admin/models/{slug}/activate); without it the API refuses."""
         lang = _lang(request)
         if not slug:
-            return _note(t(lang, "no_model_chosen"))
+            return render.note(t(lang, "no_model_chosen"))
         try:
             service.activate(slug)
         except Exception as exc:  # e.g. the index is not complete yet: the API's reason, translated
             return _error(lang, exc)
-        return _note(t(lang, "model_activated", slug=slug))
+        return render.note(t(lang, "model_activated", slug=slug))
 
     def groups_page(lang: str, offset: int) -> GroupsShown:
         """A page of the groups of near-duplicates from `offset` (the last page when fewer are left now)."""
@@ -391,7 +377,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
         except Exception as exc:
             return None, _error(lang, exc), gr.update(interactive=False), gr.update(interactive=False)
         if not groups:
-            return None, _note(t(lang, "dup_none")), gr.update(interactive=False), gr.update(interactive=False)
+            return None, render.note(t(lang, "dup_none")), gr.update(interactive=False), gr.update(interactive=False)
         return (DuplicatesShown(offset, total, tuple(groups)), "", gr.update(interactive=offset > 0),
                 gr.update(interactive=offset + len(groups) < total))
 
@@ -433,7 +419,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             except Exception as exc:  # e.g. the group went meanwhile (another tab, a new run): say so, reload
                 note = _error(lang, exc)
             else:
-                note = _note(t(lang, "dup_deleted", n=deleted, name=keeper) if delete
+                note = render.note(t(lang, "dup_deleted", n=deleted, name=keeper) if delete
                              else t(lang, "dup_kept", n=len(group.members), name=keeper))
             return note, *groups_page(lang, shown.offset if shown else 0)
 
@@ -449,7 +435,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                 total, jobs = service.jobs(offset, JOBS_PER_PAGE)
         except Exception as exc:  # e.g. Redis restarting: the timer, if on, tries again
             return _error(lang, exc), offset, gr.update(), gr.update(), gr.update()
-        return (_jobs_table(lang, offset, total, jobs, (picked or "").strip()), offset,
+        return (render.jobs_table(lang, offset, total, jobs, (picked or "").strip()), offset,
                 gr.update(interactive=offset > 0), gr.update(interactive=offset + len(jobs) < total),
                 gr.Timer(active=any(not job.finished for job in jobs)))
 
@@ -477,10 +463,10 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
             lang = _lang(request)
             job_id = (picked or "").strip()
             if not job_id:
-                note = _note(t(lang, "no_job_picked"))
+                note = render.note(t(lang, "no_job_picked"))
             else:
                 try:
-                    note = _note(_controlled(lang, action, apply(action, job_id)))
+                    note = render.note(render.controlled(lang, action, apply(action, job_id)))
                 except Exception as exc:  # e.g. it is finished: "job … is completed: it cannot be paused any more"
                     note = _error(lang, exc)
             return note, *jobs_page(lang, offset or 0, job_id)
@@ -569,7 +555,7 @@ def build_ui(service: ProximaService, *, default_top_k: int = 12) -> gr.Blocks:
                         "</p>")
                 for group in shown.groups:
                     with gr.Column(elem_id=f"px-dup-{group.id}", elem_classes=["px-dup-group"]):
-                        gr.HTML(_group_html(lang, group))
+                        gr.HTML(render.group_html(lang, group))
                         with gr.Row():
                             rest_btn = gr.Button(t(lang, "dup_delete_rest"), variant="stop", size="sm", scale=0,
                                                  elem_classes=["px-dup-delete"])
@@ -691,216 +677,12 @@ def _controls(job: Job | None) -> tuple[dict[str, Any], dict[str, Any], dict[str
             gr.update(visible=True, interactive=going and paused), gr.update(visible=True, interactive=going))
 
 
-def _controlled(lang: str, action: Action, job: Job) -> str:
-    """What a pause, resume or cancel did, from the job it returned."""
-    if action == "pause":
-        return t(lang, "control_paused", job=job.job_id)
-    if action == "resume":
-        return t(lang, "control_resumed", job=job.job_id, state=t(lang, f"state_{job.state.value}"))
-    return t(lang, "control_cancelled", job=job.job_id, done=job.done, failed=job.failed, dropped=job.remaining)
-
-
-def _progress(lang: str, job: Job) -> str:
-    processed = job.done + job.failed
-    state = t(lang, f"state_{job.state.value}")
-    if job.kind == "duplicates":  # open while it runs: images searched, not indexed, and no walk
-        text = t(lang, "dup_progress", job=job.job_id, state=state, done=job.done, total=job.total)
-    else:
-        text = t(lang, "job_progress", job=job.job_id, state=state, done=job.done, failed=job.failed,
-                 total=job.total)
-    if job.kind not in ("upload", "reembed", "duplicates") and job.seen:
-        text += t(lang, "job_seen", seen=job.seen, skipped=job.skipped)
-    paused, cancelled = job.state is JobState.PAUSED, job.state is JobState.CANCELLED
-    if job.rate_per_s:
-        text += t(lang, "job_rate", rate=job.rate_per_s)
-    if job.eta_s and not paused and not cancelled:  # a paused job has none: it waits for a resume
-        text += t(lang, "job_eta", eta=job.eta_s)
-    if job.walking and job.kind != "duplicates" and not paused:
-        text += t(lang, "job_walking_store" if job.kind == "reembed" else "job_walking")
-    if job.interrupted:
-        text += t(lang, "dup_interrupted" if job.kind == "duplicates" else "job_interrupted")
-    if paused:
-        text += t(lang, "job_paused")
-    if cancelled:  # what was done stays; the rest was dropped
-        text += t(lang, "dup_dropped" if job.kind == "duplicates" else "job_dropped", dropped=job.remaining)
-    maximum = max(job.total, 1)
-    dropped = f' data-dropped="{job.remaining}"' if cancelled else ""
-    return (f'<div class="px-progress" data-job="{html.escape(job.job_id)}" '
-            f'data-state="{html.escape(job.state.value)}" data-done="{job.done}" data-failed="{job.failed}" '
-            f'data-total="{job.total}"{dropped}>'
-            f'<progress value="{min(processed, maximum)}" max="{maximum}"></progress>'
-            f"<p>{html.escape(text)}</p></div>")
-
-
-def _src(image: str) -> str:
-    """A thumbnail as the browser loads it: a URL as it is; a local file (the page mounted in the API, whose
-    images folder Gradio may serve) through Gradio's file route, relative to the page."""
-    if image.startswith(("http://", "https://")):
-        return image
-    return "gradio_api/file=" + urllib.parse.quote(image)
-
-
-def _file_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    return f"{size / 1024:.1f} KB" if size < 1024 ** 2 else f"{size / 1024 ** 2:.1f} MB"
-
-
-def _group_html(lang: str, group: DuplicateGroup) -> str:
-    """A group's copies side by side: thumbnail, the keeper's mark or the similarity to it, resolution, file
-    size, capture date and filename."""
-    cards = []
-    for m in group.members:
-        mark = (f'<b class="px-dup-mark">{html.escape(t(lang, "dup_keeper"))}</b>' if m.keeper
-                else html.escape(t(lang, "dup_similarity", score=math.floor(m.score * 10_000) / 10_000)))  # 0.9999…
-        taken = m.captured_at.strftime("%Y-%m-%d %H:%M") if m.captured_at else t(lang, "dup_no_date")
-        facts = "".join(f"<br><span class=\"px-dup-{name}\">{html.escape(value)}</span>" for name, value in (
-            ("resolution", f"{m.width} × {m.height}"), ("size", _file_size(m.size_bytes)), ("date", taken),
-            ("filename", m.filename)))
-        cards.append(f'<figure class="px-dup-copy{" px-dup-keeper" if m.keeper else ""}" data-id="{html.escape(m.id)}" '
-                     f'data-keeper="{"true" if m.keeper else "false"}">'
-                     f'<img src="{html.escape(_src(m.image))}" alt="{html.escape(m.filename)}" loading="lazy">'
-                     f"<figcaption>{mark}{facts}</figcaption></figure>")
-    return f'<div class="px-dup-row" data-group="{html.escape(group.id)}">{"".join(cards)}</div>'
-
-
-def _errors(lang: str, job: Job) -> str:
-    if not job.errors:
-        return ""
-    rows = "".join(f"<li><b>{html.escape(e.filename or '?')}</b>: {html.escape(e.message)}</li>"
-                   for e in job.errors[:ERRORS_SHOWN])
-    more = f"<li>… {len(job.errors) - ERRORS_SHOWN}</li>" if len(job.errors) > ERRORS_SHOWN else ""
-    return f"<details open><summary>{html.escape(t(lang, 'errors_header'))}</summary><ul>{rows}{more}</ul></details>"
-
-
 def _flower_link(flower_url: str, request: gr.Request | None) -> str | None:
     """FLOWER_URL as given, or ':PORT' resolved against the host the page was loaded from."""
     if not flower_url.startswith(":"):
         return flower_url or None
     host = (request.headers.get("host", "") if request is not None else "").rsplit(":", 1)[0] or "localhost"
     return f"http://{host}{flower_url}/"
-
-
-def _status(lang: str, health: dict[str, Any], flower: str | None) -> str:
-    unknown = t(lang, "unknown")
-    model = health.get("model") or {}
-    model_text = (f"{model.get('extractor', unknown)}: {model.get('name', unknown)} / "
-                  f"{model.get('pretrained', unknown)} (dim {model.get('dim', '?')})")
-    lines = [
-        f"- **{t(lang, 'status_backend')}**: {health.get('backend', unknown)}",
-        f"- **{t(lang, 'status_model')}**: {model_text}",
-        f"- **{t(lang, 'status_vectors')}**: {health.get('vectors') if health.get('vectors') is not None else unknown}",
-        f"- **{t(lang, 'status_queue')}**: "
-        f"{health.get('queue_depth') if health.get('queue_depth') is not None else unknown}",
-    ]
-    if flower:
-        lines.append(f"- **{t(lang, 'status_flower')}**: [{flower}]({flower})")
-    if model.get("random"):
-        lines.insert(0, t(lang, "random_warning") + "\n")
-    problems = health.get("problems") or []
-    lines.append("")
-    lines.append(f"**{t(lang, 'status_problems')}**: " + "; ".join(problems) if problems else t(lang, "status_ok"))
-    return "\n".join(lines)
-
-
-def _job(model: dict[str, Any]) -> Job | None:
-    """The re-embed job of one entry of `/admin/models` (None when there is none, or it is unreadable)."""
-    try:
-        return Job.from_dict(model["job"]) if model.get("job") else None
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _state_text(lang: str, model: dict[str, Any]) -> str:
-    state = str(model.get("state", ""))
-    return t(lang, f"model_state_{state}") if state in ("active", "building", "retired") else state
-
-
-def _models(lang: str, models: list[dict[str, Any]]) -> str:
-    """The model identities as a table: state, model, slug, dimension, vectors, and a building one's progress."""
-    if not models:
-        return _note(t(lang, "models_none"))
-    unknown = t(lang, "unknown")
-    head = "".join(f"<th>{html.escape(t(lang, key))}</th>" for key in (
-        "models_state", "models_model", "models_slug", "models_dim", "models_vectors", "models_progress"))
-    rows = []
-    for m in models:
-        state = str(m.get("state", ""))
-        job = _job(m)
-        if state != "building":
-            progress = ""
-        elif job is None:
-            progress = _note(t(lang, "model_no_job"))
-        else:
-            progress = _progress(lang, job)
-        if state == "building" and job is not None and job.state is JobState.CANCELLED:
-            progress += _note(t(lang, "model_reembed_cancelled"))
-        elif state == "building" and m.get("activate_when_done"):
-            progress += _note(t(lang, "model_activates_itself"))
-        vectors = m.get("vectors")
-        shown = html.escape(_state_text(lang, m))
-        rows.append(
-            f'<tr data-slug="{html.escape(str(m.get("slug", "")))}" data-state="{html.escape(state)}">'
-            f"<td>{f'<b>{shown}</b>' if state == 'active' else shown}</td>"
-            f"<td>{html.escape(str(m.get('model', unknown)))}</td>"
-            f"<td><code>{html.escape(str(m.get('slug', unknown)))}</code></td>"
-            f'<td class="px-num">{html.escape(str(m.get("dim") or "?"))}</td>'
-            f'<td class="px-num px-vectors">{html.escape(str(vectors) if vectors is not None else unknown)}</td>'
-            f'<td class="px-reembed">{progress}</td></tr>')
-    return f'<table class="px-models"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-
-
-def _duration(seconds: float) -> str:
-    """`42 s`, `3 min 5 s`, `2 h 10 min`."""
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"
-
-
-def _when(timestamp: float | None) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S") if timestamp else ""
-
-
-def _jobs_table(lang: str, offset: int, total: int, jobs: list[Job], picked: str = "") -> str:
-    """A page of jobs as a table (a row a job, `picked` marked): kind, state, done of total, failed, rate, time
-    left, when it started, its folder or label, its id. Each row carries the job's id and counts as data."""
-    if not jobs:
-        return _note(t(lang, "jobs_none"))
-    head = "".join(f"<th>{html.escape(t(lang, key))}</th>" for key in (
-        "jobs_kind", "jobs_state", "jobs_done", "jobs_failed", "jobs_rate", "jobs_eta", "jobs_started", "jobs_path",
-        "jobs_id"))
-    rows = []
-    for job in jobs:
-        kind = t(lang, f"kind_{job.kind}") if job.kind in ("upload", "folder", "reembed", "duplicates") else job.kind
-        state = t(lang, f"state_{job.state.value}")
-        dropped = ""
-        if job.state is JobState.CANCELLED:
-            state += " · " + t(lang, "jobs_dropped", dropped=job.remaining)
-            dropped = f' data-dropped="{job.remaining}"'
-        total_shown = f"{job.total}…" if job.walking else str(job.total)  # still growing while its walk goes on
-        eta = _duration(job.eta_s) if job.eta_s and job.state is not JobState.PAUSED else "—"
-        started = _when(job.started_at) or ("—" if job.finished else t(lang, "jobs_not_started"))
-        selected = ' aria-selected="true"' if picked and job.job_id == picked else ""
-        rows.append(
-            f'<tr tabindex="0" data-job="{html.escape(job.job_id)}" data-kind="{html.escape(job.kind)}" '
-            f'data-state="{html.escape(job.state.value)}" data-done="{job.done}" data-failed="{job.failed}" '
-            f'data-total="{job.total}"{dropped}{selected} title="{html.escape(_when(job.created_at))}">'
-            f"<td>{html.escape(kind)}</td>"
-            f'<td class="px-job-state">{html.escape(state)}</td>'
-            f'<td class="px-num">{job.done} / {total_shown}</td>'
-            f'<td class="px-num">{job.failed}</td>'
-            f'<td class="px-num">{f"{job.rate_per_s:.1f}" if job.rate_per_s else "—"}</td>'
-            f'<td class="px-num">{html.escape(eta)}</td>'
-            f"<td>{html.escape(started)}</td>"
-            f'<td class="px-job-path">{html.escape(job.path or "")}</td>'
-            f"<td><code>{html.escape(job.job_id)}</code></td></tr>")
-    last = offset + len(jobs)
-    line = t(lang, "jobs_page", first=offset + 1, last=last, total=total)
-    return (f'<p class="px-jobs-page" data-offset="{offset}" data-total="{total}">{html.escape(line)}</p>'
-            f'<table class="px-jobs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def mount(app: Any, service: ProximaService, *, path: str = "/ui", allowed_paths: list[str] | None = None,
