@@ -19,7 +19,8 @@ import importlib.util
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -183,6 +184,45 @@ class _ExportedTowers:
         raise NotImplementedError
 
 
+class _ShapeGate:
+    """Inferences run side by side, except an infer request's first one at an input shape, which runs alone.
+
+    The towers take any batch size; an OpenVINO CPU infer request adapts itself to each new shape the first
+    time it meets it (shape inference, memory). Two requests doing that at the same moment can hang for
+    good: seen on 2 cores, a worker's two task threads stuck in `InferRequest.infer` on their first batches
+    (py-spy: both inside the input update). A handful of shapes per request, so running those alone costs
+    nothing in the long run."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._running = 0  # inferences at known shapes
+        self._alone = False  # a first inference at a new shape
+
+    @contextmanager
+    def side_by_side(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone and not self._running)
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._alone = False
+                self._changed.notify_all()
+
+
 class OpenVINOTowers(_ExportedTowers):
     runtime = "openvino"
 
@@ -196,14 +236,18 @@ class OpenVINOTowers(_ExportedTowers):
         self._compiled = {t: core.compile_model(core.read_model(folder / f"{t}.xml"), "CPU", config)
                           for t in towers}
         self._local = threading.local()  # an infer request serves one thread at a time
+        self._gate = _ShapeGate()
 
     def _run(self, tower: str, inputs: np.ndarray) -> np.ndarray:
         requests = self._local.__dict__.setdefault("requests", {})
         if tower not in requests:
-            requests[tower] = self._compiled[tower].create_infer_request()
-        request = requests[tower]
-        request.infer({0: inputs})
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+            with self._gate.alone():
+                requests[tower] = (self._compiled[tower].create_infer_request(), set())
+        request, shapes = requests[tower]
+        with self._gate.side_by_side() if inputs.shape in shapes else self._gate.alone():
+            request.infer({0: inputs})
+            shapes.add(inputs.shape)
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
 
 class OnnxRuntimeTowers(_ExportedTowers):

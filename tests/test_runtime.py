@@ -7,6 +7,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from scripts.photosets import real_photos
 from shared.config import Settings
 from shared.embedder import Embedder, load_embedder
 from shared.imaging import load_image, to_model_input
-from shared.runtime import choose_precision, choose_runtime, cpu_budget, openvino_has_bf16
+from shared.runtime import _ShapeGate, choose_precision, choose_runtime, cpu_budget, openvino_has_bf16
 from shared.types import ModelLoadError
 
 TEXTS = ["a photo of a flower", "a ladybird on a green leaf", "sand dunes under a blue sky",
@@ -176,3 +178,51 @@ def test_threads_follow_the_cpu_budget(tiny_model, tmp_path, runtime):
     if runtime == "openvino":
         compiled = embedder.towers._compiled["image"]  # type: ignore[attr-defined]
         assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+def test_a_first_inference_at_a_new_shape_runs_alone_and_known_shapes_run_side_by_side():
+    gate = _ShapeGate()
+    inside: list[str] = []
+    seen: list[tuple[str, ...]] = []
+    lock = threading.Lock()
+
+    def infer(kind: str, hold: float) -> None:
+        with gate.alone() if kind == "new" else gate.side_by_side():
+            with lock:
+                inside.append(kind)
+                seen.append(tuple(inside))
+            time.sleep(hold)
+            with lock:
+                inside.remove(kind)
+
+    threads = [threading.Thread(target=infer, args=(kind, 0.2)) for kind in ("known", "known", "new", "known", "new")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join(5)
+    assert not any(t.is_alive() for t in threads)
+    assert all(s == ("new",) for s in seen if "new" in s)  # a new shape never meets another inference
+    assert any(s.count("known") == 2 for s in seen)  # known shapes do run together
+
+
+def test_openvino_towers_in_many_threads_at_many_shapes(tiny_model, reference, tmp_path):
+    """Threads each with their own infer request, every batch size new to each at first: the same vectors as
+    one at a time (the worker's two task threads meet exactly this on their first batches)."""
+    pixels, vectors, _ = reference
+    embedder = load(tiny_model, tmp_path, embed_runtime="openvino", embed_precision="f32")
+    sizes = [1, 2, 3, 4, len(pixels)] * 3
+    results: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
+
+    def run(n: int) -> None:
+        for i, size in enumerate(sizes[n:] + sizes[:n]):
+            results[n, i] = (size, embedder.encode_images(pixels[:size]))
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads) and len(results) == 4 * len(sizes)
+    for size, got in results.values():
+        assert np.allclose(got, vectors[:size], atol=2e-3)
