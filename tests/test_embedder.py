@@ -22,9 +22,9 @@ def settings(**overrides) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def embedder(tiny_model):
+def embedder(tiny_model, models_data_dir):
     config, checkpoint = tiny_model
-    return load_embedder(settings(model_name=str(config), model_pretrained=str(checkpoint)))
+    return load_embedder(settings(model_name=str(config), model_pretrained=str(checkpoint), data_dir=models_data_dir))
 
 
 def test_checkpoint_loads_and_vectors_are_unit_float32(embedder):
@@ -58,20 +58,20 @@ def test_same_embedding_as_open_clip_preprocessing(embedder, tiny_model):
         assert float(ours @ ref) > 0.99, (seed, size, float(ours @ ref))
 
 
-def test_random_weights_are_identical_in_every_process(tiny_model):
+def test_random_weights_are_identical_in_every_process(tiny_model, models_data_dir):
     config, _ = tiny_model
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1])\n"
         "from shared.config import Settings; from shared.embedder import load_embedder\n"
-        "s = Settings.explicit(device='cpu', model_name=sys.argv[2], model_pretrained='random')\n"
+        "s = Settings.explicit(device='cpu', model_name=sys.argv[2], model_pretrained='random', data_dir=sys.argv[3])\n"
         "print(json.dumps(load_embedder(s).encode_text(['hello'])[0][:8].tolist()))\n"
     )
     runs = [
-        subprocess.run([sys.executable, "-c", code, str(REPO), str(config)], capture_output=True, text=True,
-                       check=True).stdout.strip().splitlines()[-1]
+        subprocess.run([sys.executable, "-c", code, str(REPO), str(config), str(models_data_dir)],
+                       capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         for _ in range(2)
     ]
-    here = load_embedder(settings(model_name=str(config), model_pretrained="random"))
+    here = load_embedder(settings(model_name=str(config), model_pretrained="random", data_dir=models_data_dir))
     assert here.info.is_random
     assert runs[0] == runs[1]
     assert np.allclose(json.loads(runs[0]), here.encode_text(["hello"])[0][:8], atol=1e-6)
