@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.typing import EncodableT, FieldT
@@ -206,14 +206,18 @@ class JobStore:
         past their time to live leave the index here."""
         index = f"{_INDEX}:{kind}" if kind else _INDEX
         self.redis.zremrangebyscore(index, "-inf", time.time() - self.ttl_s)
-        jobs = []
-        ids: list[bytes] = self.redis.zrevrange(index, offset, offset + limit - 1)  # type: ignore[assignment]
-        for raw in ids:
-            job = self.get(_text(raw), errors=False)
-            if job is None:  # its record expired early or was deleted
-                self.redis.zrem(index, raw)
-                continue
-            jobs.append(job)
+        jobs: list[Job] = []
+        position = offset
+        while len(jobs) < limit:
+            ids = cast(list[bytes], self.redis.zrevrange(index, position, position + limit - len(jobs) - 1))
+            if not ids:
+                break
+            found = [(raw, self.get(_text(raw), errors=False)) for raw in ids]
+            gone = [raw for raw, job in found if job is None]  # records that expired early or were deleted
+            if gone:
+                self.redis.zrem(index, *gone)  # the ones after them move up: `position` counts only those kept
+            jobs += [job for _, job in found if job is not None]
+            position += len(ids) - len(gone)
         return int(self.redis.zcard(index)), jobs
 
     # --- pause, resume, cancel --------------------------------------------------------------------------

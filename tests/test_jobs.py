@@ -12,6 +12,12 @@ from shared.jobs import MAX_ERRORS_KEPT, JobCancelled, JobStore, is_job_id, wait
 from shared.types import Conflict, FileError, NotFound
 
 
+@pytest.fixture
+def redis_url(redis_url: str) -> str:
+    """A Redis database no stack uses: the list of jobs holds only this module's."""
+    return redis_url.rsplit("/", 1)[0] + "/12"
+
+
 def make_store(redis_url: str) -> JobStore:
     return JobStore(redis.Redis.from_url(redis_url), ttl_s=60)
 
@@ -225,6 +231,7 @@ def test_jobs_are_listed_newest_first_by_kind_and_pruned_when_gone(redis_url):
     assert [j.job_id for j in jobs.page(6, 3)[1]] == [made[0]]
     total, folders = jobs.page(0, 10, "folder")
     assert total == 4 and {j.kind for j in folders} == {"folder"}
-    client.delete(f"proxima:job:{made[-1]}")  # gone (expired)
-    assert made[-1] not in [j.job_id for j in jobs.page(0, 10)[1]]
-    assert jobs.page(0, 10)[0] == 6
+    client.delete(f"proxima:job:{made[-1]}", f"proxima:job:{made[3]}")  # gone (expired early)
+    total, page = jobs.page(0, 3)
+    assert [j.job_id for j in page] == [made[5], made[4], made[2]]  # a full page all the same
+    assert [j.job_id for j in jobs.page(3, 3)[1]] == [made[1], made[0]] and total == 5
