@@ -374,14 +374,13 @@ class JobStore:
         if "kind" not in f:
             return None  # not a job record we wrote
         counts = {name: int(f.get(name, 0)) for name in COUNTERS}
-        walking = f["kind"] != "upload" and f.get("sealed") != "1"
         sealed = f.get("sealed") == "1"
         alive = float(f.get("alive_at") or f["updated_at"])
         state = JobState(f["state"])
-        walking = walking and state is not JobState.CANCELLED
+        is_open = f["kind"] != "upload" and not sealed and state is not JobState.CANCELLED
         # nobody added for a while: its walk died (a paused job's walk may wait as long as it likes)
-        interrupted = walking and state is not JobState.PAUSED and time.time() - alive > WALK_STALE_S
-        walking = walking and not interrupted
+        interrupted = is_open and state is not JobState.PAUSED and time.time() - alive > WALK_STALE_S
+        walking = is_open and not interrupted
         started = float(f.get("started_at", 0)) or None
         updated = float(f["updated_at"])
         processed = counts["done"] + counts["failed"]
@@ -414,6 +413,7 @@ def wait_to_send(jobs: JobStore, job_id: str, *, queue_depth: Callable[[], int] 
     """Return when a walk may go on feeding job `job_id`: not paused, and (with `queue_depth`) fewer than
     `max_queued` batches waiting in the queue. Meanwhile the job is told every 10 s that its walk is alive.
     Raises JobCancelled when the job is cancelled, InterruptedError when `stop` is set."""
+    stop = stop or threading.Event()
     touched = time.monotonic()
     while True:
         control = jobs.control(job_id)
@@ -424,5 +424,5 @@ def wait_to_send(jobs: JobStore, job_id: str, *, queue_depth: Callable[[], int] 
         if time.monotonic() - touched > 10:
             jobs.touch(job_id)  # still alive, only waiting (for the workers, or for a resume)
             touched = time.monotonic()
-        if (stop or threading.Event()).wait(0.5 if control == PAUSED else 0.05):
+        if stop.wait(0.5 if control == PAUSED else 0.05):
             raise InterruptedError(f"the walk of job {job_id} was stopped")
