@@ -19,7 +19,7 @@ import httpx
 from shared.types import Accepted, ClientCounts, Job, ServiceError, Upload, kind_of_status
 
 
-def _segment(value: str) -> str:
+def path_segment(value: str) -> str:
     """`value` as one segment of a URL path: an id typed by a person cannot name another route."""
     return quote(value, safe="")
 
@@ -62,11 +62,11 @@ class ApiClient:
         return body["job_id"], [Accepted(**image) for image in body["images"]]
 
     def seal_job(self, job_id: str, counts: ClientCounts | None = None) -> Job:
-        body = self.call("POST", f"/jobs/{_segment(job_id)}/seal", json=asdict(counts or ClientCounts()))
+        body = self.call("POST", f"/jobs/{path_segment(job_id)}/seal", json=asdict(counts or ClientCounts()))
         return Job.from_dict(body)
 
     def job(self, job_id: str) -> Job:
-        return Job.from_dict(self.call("GET", f"/jobs/{_segment(job_id)}"))
+        return Job.from_dict(self.call("GET", f"/jobs/{path_segment(job_id)}"))
 
     def list_jobs(self, offset: int = 0, limit: int = 20, kind: str | None = None) -> tuple[int, list[Job]]:
         params: dict[str, Any] = {"offset": offset, "limit": limit, **({"kind": kind} if kind else {})}
@@ -74,13 +74,13 @@ class ApiClient:
         return int(body["total"]), [Job.from_dict(job) for job in body["jobs"]]
 
     def pause_job(self, job_id: str) -> Job:
-        return Job.from_dict(self.call("POST", f"/jobs/{_segment(job_id)}/pause"))
+        return Job.from_dict(self.call("POST", f"/jobs/{path_segment(job_id)}/pause"))
 
     def resume_job(self, job_id: str) -> Job:
-        return Job.from_dict(self.call("POST", f"/jobs/{_segment(job_id)}/resume"))
+        return Job.from_dict(self.call("POST", f"/jobs/{path_segment(job_id)}/resume"))
 
     def cancel_job(self, job_id: str) -> Job:
-        return Job.from_dict(self.call("POST", f"/jobs/{_segment(job_id)}/cancel"))
+        return Job.from_dict(self.call("POST", f"/jobs/{path_segment(job_id)}/cancel"))
 
     # --- the rest ----------------------------------------------------------------------------------
 

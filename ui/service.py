@@ -8,7 +8,6 @@ Both raise `shared.types.ServiceError` with a kind the page turns into a readabl
 from __future__ import annotations
 
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import redis
 
 from shared.backends import Hit, ImageRecord
-from shared.client import ApiClient
+from shared.client import ApiClient, path_segment
 from shared.duplicates import DEFAULT_THRESHOLD, Group
 from shared.imagestore import ImageStore
 from shared.pipeline import Page
@@ -300,7 +299,7 @@ class RemoteService:
         return list(self.client.call("GET", "/admin/models")["models"])
 
     def activate(self, slug: str) -> None:
-        self.client.call("POST", f"/admin/models/{urllib.parse.quote(slug, safe='')}/activate")
+        self.client.call("POST", f"/admin/models/{path_segment(slug)}/activate")
 
     def find_duplicates(self, threshold: float | None = None) -> str:
         """POST /admin/duplicates: a write, so it needs the API key when the API has one (--api-key)."""
@@ -320,6 +319,6 @@ class RemoteService:
     def resolve_duplicates(self, group_id: str, delete: list[str],
                            ungroup: list[str]) -> tuple[int, DuplicateGroup | None]:
         """POST /duplicates/{id}/resolve: a write, so it needs the API key when the API has one (--api-key)."""
-        body = self.client.call("POST", f"/duplicates/{urllib.parse.quote(group_id, safe='')}/resolve",
+        body = self.client.call("POST", f"/duplicates/{path_segment(group_id)}/resolve",
                                 json={"delete": list(delete), "ungroup": list(ungroup)})
         return int(body["deleted"]), self._group(body["group"]) if body.get("group") else None
